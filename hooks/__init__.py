@@ -1,0 +1,1 @@
+"""modality-lens model access: everything that touches a model (torch, transformers, nnsight)."""
