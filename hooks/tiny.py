@@ -387,4 +387,18 @@ def tiny_model(family: str, size: str = "tiny", *, seed: int = 0):
         warnings.simplefilter("ignore")
         T.logging.set_verbosity_error()
         model, processor = _BUILDERS[family](size)
+    _randomise_zero_init(model)
     return model.eval(), processor
+
+
+def _randomise_zero_init(model: torch.nn.Module, std: float = 0.02) -> None:
+    """Give all-zero weight tensors small random values.
+
+    Some classes start weights at zero (Gemma-3's image projection, Gemma's `(1 + w)` norm
+    scales). Left at zero, Gemma-3's image features would not depend on the image and a norm
+    that forgot the `1 +` would go unnoticed; random values make the tiny models discriminate.
+    """
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() >= 1 and param.numel() > 1 and not name.endswith("bias") and not param.any():
+                param.normal_(0.0, std)
