@@ -217,7 +217,8 @@ def load_vlm(
     trust_remote_code: bool = False,
     self_check: bool = True,
 ) -> VLM:
-    """Load a VLM from a local directory, a hub id, or an in-memory `(model, processor)` pair.
+    """Load a VLM from a local directory, a hub id, an in-memory `(model, processor)` pair, or
+    `"tiny:FAMILY"` (a random-weight tiny model from `hooks.tiny`, for trying things out).
 
     Weights are read from safetensors only. `device` defaults to CUDA when available;
     `dtype` is "float32", "bfloat16", "float16", "auto" or a torch dtype (None keeps the
@@ -235,6 +236,16 @@ def load_vlm(
         return _finish(vlm, self_check)
 
     text = str(source)
+    if text.startswith("tiny:"):
+        from hooks.tiny import tiny_model
+
+        family = text.removeprefix("tiny:")
+        try:
+            pair = tiny_model(family)
+        except ValueError as err:
+            raise ModelSourceError(str(err)) from None
+        chosen = adapter_for(pair[0], adapter)
+        return _finish(VLM(_place(pair[0], device, dtype), pair[1], chosen, text), self_check)
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():

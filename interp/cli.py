@@ -8,15 +8,49 @@ import sys
 from interp.errors import ModalityLensError
 
 
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto (default: float32)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow a checkpoint's own Python code (read it first)")
+
+
+def _check(args: argparse.Namespace) -> int:
+    from hooks.loading import load_vlm, sample_items
+
+    vlm = load_vlm(args.source, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                   self_check=False)
+    a = vlm.adapter
+    print(f"model     {a.model_class} from {vlm.source}")
+    print(f"adapter   family={a.family} layers={a.layers_path} norm={a.norm_path} unembed={a.unembed} "
+          f"softcap={vlm.softcap} required_inputs={list(a.required_inputs) or '-'}")
+    print(f"layers    {vlm.n_layers} decoder layers (+ embedding) on {vlm.device}, {vlm.dtype}")
+    batches = vlm.passes(sample_items()[:1])
+    for name, batch in batches.items():
+        g = batch.geometry[0]
+        print(f"{name:9s} length={g.length} image={g.image_span or '-'} ({len(g.image_positions)} tokens) "
+              f"context={g.context_span or '-'} question={g.question_span} answer={g.answer_position}")
+    report = vlm.self_check()
+    print(report)
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modality-lens",
         description="Which modality does a vision-language model follow under conflict, and where is it decided?",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    from interp.datasets.cli import register as register_dataset
-
-    register_dataset(sub)
+    check = sub.add_parser("check", help="load a model, show its adapter and prompt geometry, run the self-check")
+    check.add_argument("source", help="a model directory, a hub id (org/name), or tiny:FAMILY (e.g. tiny:llava)")
+    _add_model_options(check)
+    check.set_defaults(func=_check)
+    try:
+        from interp.datasets.cli import register as register_dataset
+    except ImportError:  # the datasets package is optional until it lands
+        register_dataset = None
+    if register_dataset is not None:
+        register_dataset(sub)
     return parser
 
 
