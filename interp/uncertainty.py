@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.special
-from jaxtyping import Float
 
 from interp.errors import CaseError
 
 if TYPE_CHECKING:
     import torch
+    from jaxtyping import Float
 
     Logits = Float[np.ndarray, "*batch vocab"] | Float[torch.Tensor, "*batch vocab"]
     Index = Float[np.ndarray, "*batch"] | Float[torch.Tensor, "*batch"]
