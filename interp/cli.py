@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("source", help="a model directory, a hub id (org/name), or tiny:FAMILY (e.g. tiny:llava)")
     _add_model_options(check)
     check.set_defaults(func=_check)
+    bench = sub.add_parser("bench", help="time and memory of the per-layer lens vs a plain forward (mid LLaVA)")
+    from hooks.benchmark import add_arguments, run_from_args
+
+    add_arguments(bench)
+    bench.set_defaults(func=run_from_args)
     try:
         from interp.datasets.cli import register as register_dataset
     except ImportError:  # the datasets package is optional until it lands
