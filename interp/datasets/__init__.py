@@ -1,0 +1,52 @@
+"""Conflict datasets whose visual and textual difficulty we control (METHOD §1.6).
+
+- ``colour_cases``: the colour set, 14 visual tiers x 4 text tiers, with controls;
+- ``shape_cases``: the 2-D shape set, 4 visual tiers x 4 text tiers, with controls;
+- ``load_mc2``: MC²-format JSON with the user's images;
+- ``validate``: every rule a case keeps (``RULES``), ``CaseError`` naming the one broken;
+- ``save_dataset`` / ``load_dataset``: the folder of PNGs + cases.jsonl + dataset.json;
+- ``draw_scene`` / ``draw_colour_scene`` / ``text_context``: the building blocks, e.g. for
+  training a small model at low resolution; ``vocabulary()``: every token they can emit.
+
+See docs/datasets.md for the tier tables and the choices marked [ours].
+"""
+
+from interp.datasets.case import CONTROLS, Case, build_prompt, normalise_answer
+from interp.datasets.colour import (
+    COLOUR_TIERS,
+    ColourGroup,
+    colour_case,
+    colour_cases,
+    colour_group,
+    draw_colour_scene,
+)
+from interp.datasets.drawing import (
+    COLOUR_RGB,
+    COLOURS,
+    SHAPES,
+    PlacedShape,
+    Scene,
+    TierSpec,
+    draw_scene,
+    shape_mask,
+)
+from interp.datasets.mc2 import Mc2Import, load_mc2
+from interp.datasets.shapes import SHAPE_TIERS, ShapeGroup, draw_shape_scene, shape_case, shape_cases, shape_group
+from interp.datasets.storage import dataset_info, load_dataset, save_dataset
+from interp.datasets.text import (
+    INSTRUCTION,
+    shape_text_context,
+    text_context,
+    vocabulary,
+    words,
+)
+from interp.datasets.validate import RULES, validate
+
+__all__ = [
+    "CONTROLS", "COLOURS", "COLOUR_RGB", "COLOUR_TIERS", "Case", "ColourGroup", "INSTRUCTION",
+    "Mc2Import", "PlacedShape", "RULES", "SHAPES", "SHAPE_TIERS", "Scene", "ShapeGroup",
+    "TierSpec", "build_prompt", "colour_case", "colour_cases", "colour_group", "dataset_info",
+    "draw_colour_scene", "draw_scene", "draw_shape_scene", "load_dataset", "load_mc2",
+    "normalise_answer", "save_dataset", "shape_case", "shape_cases", "shape_group",
+    "shape_mask", "shape_text_context", "text_context", "validate", "vocabulary", "words",
+]
