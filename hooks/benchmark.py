@@ -149,7 +149,9 @@ def run_benchmark(*, family: str = "llava", size: str = "mid", batch_size: int =
         "device": str(dev), "threads": torch.get_num_threads(), "repeats": repeats,
         "median_s": median, "peak_bytes": memory, "max_abs_diff_vs_taps": agreement,
         "time_ratio": {name: median[name] / median["plain"] for name in methods},
-        "memory_ratio": {name: memory[name] / memory["plain"] for name in methods},
+        # a baseline below 1 MiB (tiny models) makes memory ratios meaningless: None, not a number
+        "memory_ratio": {name: (memory[name] / memory["plain"] if memory["plain"] >= 2**20 else None)
+                         for name in methods},
     }
     if verbose:
         print(f"{result['model']}: {n_params / 1e6:.1f}M parameters, batch {batch_size}, sequence {seq} "
@@ -159,31 +161,22 @@ def run_benchmark(*, family: str = "llava", size: str = "mid", batch_size: int =
               f"{'max |diff| vs taps':>19s}")
         for name in methods:
             diff = agreement.get(name, agreement["plain_last_layer"])
+            ratio = result["memory_ratio"][name]
             print(f"{name:18s} {median[name] * 1e3:10.1f} {result['time_ratio'][name]:11.3f} "
-                  f"{memory[name] / 2**20:9.1f} {result['memory_ratio'][name]:13.3f} {diff:19.2e}")
+                  f"{memory[name] / 2**20:9.1f} {'n/a' if ratio is None else f'{ratio:.3f}':>13s} {diff:19.2e}")
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    """`modality-lens bench` with these arguments."""
+    from interp.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
-
-
-def add_arguments(parser: Any) -> None:
-    parser.add_argument("--family", default="llava")
-    parser.add_argument("--size", default="mid", choices=["tiny", "mid"])
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--no-transformer-lens", action="store_true", help="skip the TransformerBridge method")
-    parser.add_argument("--device", default=None)
+    return cli_main(["bench", *(argv if argv is not None else __import__("sys").argv[1:])])
 
 
 def run_from_args(args: Any) -> int:
     result = run_benchmark(family=args.family, size=args.size, batch_size=args.batch_size, repeats=args.repeats,
                            with_tl=not args.no_transformer_lens, device=args.device)
-    round3 = lambda d: {k: round(v, 3) for k, v in d.items()}  # noqa: E731
+    round3 = lambda d: {k: None if v is None else round(v, 3) for k, v in d.items()}  # noqa: E731
     print(json.dumps({"time_ratio": round3(result["time_ratio"]), "memory_ratio": round3(result["memory_ratio"])}))
     return 0

@@ -35,6 +35,12 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from hooks.benchmark import run_from_args
+
+    return run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modality-lens",
@@ -46,10 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(check)
     check.set_defaults(func=_check)
     bench = sub.add_parser("bench", help="time and memory of the per-layer lens vs a plain forward (mid LLaVA)")
-    from hooks.benchmark import add_arguments, run_from_args
-
-    add_arguments(bench)
-    bench.set_defaults(func=run_from_args)
+    bench.add_argument("--family", default="llava")
+    bench.add_argument("--size", default="mid", choices=["tiny", "mid"])
+    bench.add_argument("--batch-size", type=int, default=4)
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--no-transformer-lens", action="store_true", help="skip the TransformerBridge method")
+    bench.add_argument("--device", default=None)
+    bench.set_defaults(func=_bench)
     try:
         from interp.datasets.cli import register as register_dataset
     except ImportError:  # the datasets package is optional until it lands
