@@ -383,10 +383,14 @@ def tiny_model(family: str, size: str = "tiny", *, seed: int = 0):
     if size not in ("tiny", "mid") or (size == "mid" and family != "llava"):
         raise ValueError(f"size={size!r} is not available for {family!r}: 'tiny' for every family, 'mid' for llava")
     torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        T.logging.set_verbosity_error()
-        model, processor = _BUILDERS[family](size)
+    verbosity = T.logging.get_verbosity()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            T.logging.set_verbosity_error()
+            model, processor = _BUILDERS[family](size)
+    finally:
+        T.logging.set_verbosity(verbosity)
     _randomise_zero_init(model)
     return model.eval(), processor
 
