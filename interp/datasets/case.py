@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,3 @@ class Case:
             task=record.get("task", "colour"),
             image_name=Path(record["image"]).name,
         )
-
-    def with_image(self, image: Image.Image | Path) -> "Case":
-        return replace(self, image=image)

@@ -143,6 +143,7 @@ def draw_colour_scene(
 
 
 def scene_seed(seed: int, group: int, visual_tier: int) -> int:
+    """``Case.seed`` of the scene of (group, visual tier)."""
     return derive_seed(seed, _SCENE_STREAM, group, visual_tier)
 
 

@@ -182,10 +182,11 @@ def _clip(x0: int, y0: int, mask: np.ndarray, width: int, height: int):
     return (slice(cy0, cy1), slice(cx0, cx1)), mask[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
 
 
-def _keep_disc(target: np.ndarray, box, visible_share: float, rng: np.random.Generator, size):
-    """A disc inside the target that occluders must leave alone, as a canvas-sized mask."""
+def _keep_disc(target: np.ndarray, visible_share: float, rng: np.random.Generator, size):
+    """A disc inside the target that occluders must leave alone, as a canvas-sized mask:
+    its area is a third of the share that must stay visible (a single pixel if no such disc
+    fits inside the shape)."""
     width, height = size
-    keep = np.zeros((height, width), dtype=bool)
     area = int(target.sum())
     radius = math.sqrt(max(visible_share, 0.0) * area / 3.0 / math.pi)
     ys, xs = np.nonzero(target)
@@ -196,6 +197,7 @@ def _keep_disc(target: np.ndarray, box, visible_share: float, rng: np.random.Gen
         if not (disc & ~target).any():
             return disc
         radius *= 0.95
+    keep = np.zeros((height, width), dtype=bool)
     k = int(rng.integers(len(xs)))
     keep[ys[k], xs[k]] = True
     return keep
@@ -269,7 +271,7 @@ def _try_scene(tier, target_shape, target_colour, rng, size, d_shapes, d_colours
     goal = tier.occlusion
     n_occluders = 0
     if goal > 0:
-        keep = _keep_disc(target, (tx0, ty0), 1.0 - goal, rng, size)
+        keep = _keep_disc(target, 1.0 - goal, rng, size)
         scale_hi, fails = 0.85, 0
         while n_occluders < tier.n_distractors and fails < 400:
             if covered.sum() >= (goal - _AIM) * area:
@@ -322,7 +324,7 @@ def _try_scene(tier, target_shape, target_colour, rng, size, d_shapes, d_colours
                 placed = (overlap, shape, side, x0, y0, sl, mask)
             if overlap == 0 or tries >= 7:
                 break
-        if placed is None:  # no free spot at all: a 1-pixel-safe corner far from the target
+        if placed is None:  # 60 spots, shrinking, all touched the target: the canvas is full
             raise RuntimeError(f"tier {tier.tier}: no room for a distractor on a {size} canvas")
         _, shape, side, x0, y0, sl, mask = placed
         occupied[sl] |= mask

@@ -89,6 +89,11 @@ def draw_shape_scene(
     )
 
 
+def shape_scene_seed(seed: int, group: int, visual_tier: int) -> int:
+    """``Case.seed`` of the scene of (group, visual tier)."""
+    return derive_seed(seed, _SCENE_STREAM, group, visual_tier)
+
+
 def shape_cases(
     n_per_cell: int,
     seed: int,
@@ -112,7 +117,7 @@ def _shape_cases(n_per_cell, seed, image_size, visual_tiers, text_tiers, control
     for g in range(int(n_per_cell)):
         group = shape_group(seed, g)
         for vt in visual_tiers:
-            case_seed = derive_seed(seed, _SCENE_STREAM, g, vt)
+            case_seed = shape_scene_seed(seed, g, vt)
             scene = draw_shape_scene(
                 vt, group.image_shape, group.target_colour, group.text_shape,
                 np.random.default_rng(case_seed), image_size, absent_colours=(group.absent_colour,),
