@@ -255,3 +255,23 @@ def test_bad_arguments_fail_before_generating():
         colour_cases(1, seed=-3)
     with pytest.raises(ValueError, match="32x32"):
         colour_cases(1, seed=0, image_size=16)
+
+
+def test_shape_masks_have_the_areas_of_their_shapes():
+    side = 101
+    assert shape_mask("square", side).sum() == side * side
+    assert abs(shape_mask("circle", side).sum() / side**2 - np.pi / 4) < 0.02
+    assert abs(shape_mask("triangle", side).sum() / side**2 - 0.5) < 0.02
+    assert abs(shape_mask("diamond", side).sum() / side**2 - 0.5) < 0.02
+    assert abs(shape_mask("cross", side).sum() / side**2 - 5 / 9) < 0.02
+    assert shape_mask("star", 400).shape == (400, 400)  # beyond the cache, same contract
+
+
+def test_large_tier_sizes_scale_with_the_short_side():
+    # 80-200 px at a 600-px short side -> 8.53-21.33 px at 64 -> integer sides 9..21
+    cases = list(colour_cases(6, seed=2, image_size=64, visual_tiers=[0], text_tiers=[0], controls=False))
+    sides = {c.target_box[2] - c.target_box[0] for c in cases}
+    assert min(sides) >= 9 and max(sides) <= 21
+    wide = next(iter(colour_cases(1, seed=2, image_size=(300, 150), visual_tiers=[0], text_tiers=[0])))
+    x0, _, x1, _ = wide.target_box
+    assert wide.image.size == (300, 150) and 20 <= x1 - x0 <= 50  # 80*150/600 .. 200*150/600

@@ -72,15 +72,23 @@ MIN_SIDE = 3
 """Smallest side, in pixels, of any drawn shape (below it no shape is recognisable at all)."""
 
 
-@lru_cache(maxsize=8192)
 def shape_mask(shape: str, side: int) -> np.ndarray:
     """Boolean mask ``[side, side]`` of ``shape`` filling a square box of ``side`` pixels.
 
-    The array is cached and read-only; copy it before changing it.
+    The array is read-only (masks up to 256 px are cached); copy it before changing it.
     """
+    side = int(side)
+    return _cached_mask(shape, side) if side <= 256 else _rasterise(shape, side)
+
+
+@lru_cache(maxsize=4096)
+def _cached_mask(shape: str, side: int) -> np.ndarray:
+    return _rasterise(shape, side)
+
+
+def _rasterise(shape: str, side: int) -> np.ndarray:
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
-    side = int(side)
     if side < 1:
         raise ValueError(f"side must be >= 1 pixel, got {side}")
     canvas = Image.new("L", (side, side), 0)
