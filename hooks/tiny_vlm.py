@@ -1,0 +1,337 @@
+"""The small trained VLM shipped in `data/tiny_vlm`: its recipe, training loop and metrics.
+
+A real `LlavaForConditionalGeneration` (CLIP vision tower, projector, Llama language model)
+with a word-level tokenizer over the colour set's vocabulary, trained from scratch on the CPU
+on the colour tasks of `interp.datasets.colour`, then saved with `save_pretrained`, so
+`load_vlm("data/tiny_vlm")` takes exactly the path of a hub model.
+
+Training mix **[ours]** (the label is always the scene's true colour, never the text's
+colour against the image):
+
+- **vision-only**: question + image, every visual tier;
+- **text-only**: context + question, no image. The context states the true colour with a
+  probability `TEXT_RELIABILITY[tier]` that falls with the text tier, otherwise another
+  colour; a share of contexts speak of another shape (text-irrelevant: no information);
+- **both**: image + context + question, the context drawn exactly as for text-only. When it
+  states a wrong colour, that colour is absent from the image, as in the evaluation set.
+
+So the model can learn how far to trust each modality at each difficulty; what it does when
+they disagree is not taught by any rule, it follows from what it learned about reliability.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import transformers as T
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+from hooks.tiny import chat_template
+
+__all__ = ["TinyVLMConfig", "TEXT_RELIABILITY", "build_tokenizer", "build_processor", "build_model",
+           "ScenePool", "TrainingMix", "train", "save", "evaluate", "DEFAULT_DIR"]
+
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny_vlm"
+
+TEXT_RELIABILITY: tuple[float, ...] = (0.9, 0.75, 0.6, 0.45)
+"""P(the context states the true colour) per text tier, in training **[ours]**."""
+
+# words a researcher's prompts around the colour task may use (steering instructions, etc.)
+EXTRA_WORDS = ("user", "assistant", "from", "text", "image", "follow", "ignore", "trust", "only", "look", "at",
+               "read", "not", "colour", "color", "answer", "the", "based")
+SPECIALS = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "<image>": 4}
+
+
+@dataclass
+class TinyVLMConfig:
+    """Everything that defines a training run (written to the model card)."""
+
+    seed: int = 0
+    image_size: int = 64
+    patch_size: int = 8
+    vision_hidden: int = 64
+    vision_layers: int = 3
+    vision_heads: int = 4
+    text_hidden: int = 128
+    text_layers: int = 4
+    text_heads: int = 4
+    text_intermediate: int = 384
+    steps: int = 1500
+    batch_size: int = 48
+    lr: float = 3e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    n_scenes: int = 12000
+    text_reliability: tuple[float, ...] = TEXT_RELIABILITY
+    text_irrelevant_share: float = 0.1
+    mix: tuple[float, float, float] = (0.4, 0.25, 0.35)  # vision-only, text-only, both
+    threads: int = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_tokenizer() -> T.PreTrainedTokenizerFast:
+    """Word-level, lower-casing tokenizer over every word the colour generator can emit."""
+    from interp.datasets.text import vocabulary
+
+    words = sorted(set(vocabulary()) | set(EXTRA_WORDS) | {":", "\n"} - set(SPECIALS))
+    vocab = dict(SPECIALS)
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
+    return T.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                     unk_token="<unk>", extra_special_tokens={"image_token": "<image>"},
+                                     padding_side="left")
+
+
+def build_processor(cfg: TinyVLMConfig, tokenizer: Any = None) -> T.LlavaProcessor:
+    tokenizer = tokenizer or build_tokenizer()
+    size = cfg.image_size
+    image_processor = T.CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return T.LlavaProcessor(image_processor, tokenizer, patch_size=cfg.patch_size,
+                            vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                            chat_template=chat_template("<image>\n", bos="<s>"))
+
+
+def build_model(cfg: TinyVLMConfig, vocab_size: int) -> T.LlavaForConditionalGeneration:
+    n_image_tokens = (cfg.image_size // cfg.patch_size) ** 2
+    vision = T.CLIPVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=4 * cfg.vision_hidden,
+                                num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+                                image_size=cfg.image_size, patch_size=cfg.patch_size,
+                                projection_dim=cfg.vision_hidden)
+    text = T.LlamaConfig(vocab_size=vocab_size, hidden_size=cfg.text_hidden, intermediate_size=cfg.text_intermediate,
+                         num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+                         num_key_value_heads=cfg.text_heads, max_position_embeddings=256,
+                         pad_token_id=SPECIALS["<pad>"], bos_token_id=SPECIALS["<s>"], eos_token_id=SPECIALS["</s>"])
+    config = T.LlavaConfig(vision_config=vision, text_config=text, image_token_index=SPECIALS["<image>"],
+                           image_seq_length=n_image_tokens, vision_feature_layer=-2,
+                           vision_feature_select_strategy="default")
+    torch.manual_seed(cfg.seed)
+    return T.LlavaForConditionalGeneration(config)
+
+
+@dataclass
+class ScenePool:
+    """Pre-drawn scenes (drawing is the slow part of the data): images and what they show."""
+
+    images: list[Any]
+    target_colour: np.ndarray
+    target_shape: np.ndarray
+    absent_colour: np.ndarray  # a non-target colour absent from the scene (a wrong text colour)
+    absent_shape: np.ndarray
+    visual_tier: np.ndarray
+
+    @classmethod
+    def draw(cls, n: int, seed: int, image_size: int, tiers: Sequence[int] = range(14)) -> "ScenePool":
+        from interp.datasets.colour import COLOURS, SHAPES, draw_colour_scene
+
+        rng = np.random.default_rng([seed, 7])
+        images, tc, ts, ac, ash, vt = [], [], [], [], [], []
+        tiers = list(tiers)
+        for i in range(n):
+            tier = tiers[i % len(tiers)]
+            c, a = rng.choice(len(COLOURS), 2, replace=False)
+            s, s_abs = rng.choice(len(SHAPES), 2, replace=False)
+            scene = draw_colour_scene(tier, SHAPES[s], COLOURS[c], COLOURS[a], np.random.default_rng([seed, 11, i]),
+                                      image_size, absent_shapes=(SHAPES[s_abs],))
+            images.append(scene.image)
+            tc.append(c), ts.append(s), ac.append(a), ash.append(s_abs), vt.append(tier)
+        arr = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
+        return cls(images, arr(tc), arr(ts), arr(ac), arr(ash), arr(vt))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass
+class Example:
+    kind: str  # "vision", "text", "both"
+    question: str
+    context: str | None
+    image: Any
+    label: str
+
+
+@dataclass
+class TrainingMix:
+    """Samples training examples from a scene pool following the documented mix."""
+
+    pool: ScenePool
+    cfg: TinyVLMConfig
+    rng: np.random.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng([self.cfg.seed, 13])
+
+    def _context(self, shape: str, absent_shape: str, true_colour: str, wrong_colour: str) -> tuple[str, str]:
+        """(context, stated colour): reliable with the tier's probability; sometimes irrelevant."""
+        from interp.datasets.text import text_context
+
+        rng = self.rng
+        tier = int(rng.integers(4))
+        if rng.random() < self.cfg.text_irrelevant_share:
+            stated = [true_colour, wrong_colour][int(rng.integers(2))]
+            return text_context(tier, absent_shape, stated, rng, avoid=(true_colour,)), stated
+        stated = true_colour if rng.random() < self.cfg.text_reliability[tier] else wrong_colour
+        return text_context(tier, shape, stated, rng, avoid=(true_colour,)), stated
+
+    def sample(self) -> Example:
+        from interp.datasets.colour import COLOURS, SHAPES
+        from interp.datasets.text import COLOUR_QUESTION, INSTRUCTION
+
+        rng, pool = self.rng, self.pool
+        i = int(rng.integers(len(pool)))
+        kind = ("vision", "text", "both")[int(rng.choice(3, p=self.cfg.mix))]
+        shape, true_colour = SHAPES[pool.target_shape[i]], COLOURS[pool.target_colour[i]]
+        absent_shape, wrong = SHAPES[pool.absent_shape[i]], COLOURS[pool.absent_colour[i]]
+        if kind == "text":  # no image: any other colour can be the wrong one
+            wrong = COLOURS[int(rng.choice([k for k in range(len(COLOURS)) if COLOURS[k] != true_colour]))]
+        question = f"{COLOUR_QUESTION.format(shape=shape)} {INSTRUCTION}"
+        context = None if kind == "vision" else self._context(shape, absent_shape, true_colour, wrong)[0]
+        image = None if kind == "text" else pool.images[i]
+        return Example(kind, question, context, image, true_colour)
+
+
+def _encode(processor: Any, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+    from hooks.prompts import render_prompt
+
+    prompts = [render_prompt(processor, question=e.question, context=e.context, with_image=e.image is not None)
+               for e in examples]
+    if examples[0].image is not None:
+        out = processor(text=prompts, images=[[e.image] for e in examples], return_tensors="pt", padding=True)
+    else:
+        out = processor(text=prompts, return_tensors="pt", padding=True)
+    return dict(out)
+
+
+def _lr(step: int, cfg: TinyVLMConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def batches(mix: TrainingMix, batch_size: int) -> Iterator[tuple[list[Example], list[Example]]]:
+    """Forever: (examples with an image, examples without) making up one batch."""
+    while True:
+        drawn = [mix.sample() for _ in range(batch_size)]
+        yield [e for e in drawn if e.image is not None], [e for e in drawn if e.image is None]
+
+
+def train(cfg: TinyVLMConfig, *, pool: ScenePool | None = None, log_every: int = 50, progress: bool = True,
+          model: Any = None, processor: Any = None) -> tuple[Any, Any, dict[str, Any]]:
+    """Train from scratch; returns (model, processor, log). Deterministic for a seed and thread count."""
+    from tqdm import tqdm
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    start = time.time()
+    processor = processor or build_processor(cfg)
+    tok = processor.tokenizer
+    model = model or build_model(cfg, len(tok))
+    pool = pool or ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size)
+    drawn_s = time.time() - start
+    mix = TrainingMix(pool, cfg)
+    label_ids = {c: tok.convert_tokens_to_ids(c) for c in ("red", "yellow", "blue", "green", "purple", "orange")}
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    model.train()
+    history, running = [], []
+    it = batches(mix, cfg.batch_size)
+    bar = tqdm(range(cfg.steps), desc="training", disable=not progress, mininterval=5)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, cfg)
+        with_image, without = next(it)
+        loss_total, n_total = 0.0, 0
+        opt.zero_grad(set_to_none=True)
+        for part in (with_image, without):
+            if not part:
+                continue
+            inputs = _encode(processor, part)
+            labels = torch.tensor([label_ids[e.label] for e in part])
+            logits = model(**inputs, logits_to_keep=1).logits[:, -1, :]
+            loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum") / cfg.batch_size
+            loss.backward()
+            loss_total += float(loss.detach()) * cfg.batch_size
+            n_total += len(part)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        running.append(loss_total / max(1, n_total))
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+            mean = float(np.mean(running))
+            history.append({"step": step + 1, "loss": mean, "elapsed_s": time.time() - start})
+            bar.set_postfix(loss=f"{mean:.3f}")
+            running = []
+    model.eval()
+    log = {"history": history, "wall_s": time.time() - start, "scene_drawing_s": drawn_s,
+           "params": sum(p.numel() for p in model.parameters())}
+    return model, processor, log
+
+
+def save(model: Any, processor: Any, out: str | Path, *, card: str | None = None,
+         metadata: dict[str, Any] | None = None) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    if metadata is not None:
+        (out / "training.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    if card is not None:
+        (out / "MODEL_CARD.md").write_text(card)
+    return out
+
+
+def evaluate(vlm: Any, *, n_per_cell: int = 4, seed: int = 1000, image_size: int = 64, batch_size: int = 32,
+             progress: bool = True) -> dict[str, Any]:
+    """Held-out metrics on the built-in colour set (conflict cases, no controls).
+
+    Returns per-tier accuracy and mean entropy for each modality, the Spearman correlation of
+    the tier means with the tier, and the following statistics of the conflict cases kept by
+    the correct-in-both filter (with the fitted following curve).
+    """
+    from scipy.stats import spearmanr
+
+    from interp.curves import fit_following
+    from interp.datasets.colour import colour_cases
+    from interp.following import tfr_vfr
+    from interp.pipeline import iter_rows
+
+    cases = list(colour_cases(n_per_cell, seed, image_size=image_size, controls=False))
+    rows: list[dict[str, Any]] = []
+    for case_rows, _ in iter_rows(vlm, cases, batch_size=batch_size, progress=progress):
+        rows.extend(case_rows)
+
+    def per_tier(tier_key: str, correct_key: str, h_key: str) -> dict[str, Any]:
+        tiers = sorted({r[tier_key] for r in rows})
+        acc = [float(np.mean([r[correct_key] for r in rows if r[tier_key] == t])) for t in tiers]
+        ent = [float(np.mean([r[h_key] for r in rows if r[tier_key] == t])) for t in tiers]
+        rho = float(spearmanr(tiers, ent).statistic) if len(tiers) > 2 else None
+        return {"tiers": tiers, "accuracy": acc, "mean_entropy": ent, "spearman_entropy_vs_tier": rho}
+
+    kept = [r for r in rows if r["kept"]]
+    ratios = tfr_vfr([r["label"] for r in kept])
+    decided = [r for r in kept if r["label"] in ("text", "vision")]
+    curve = fit_following(np.array([r["dh_rel"] for r in decided]), np.array([r["label"] == "text" for r in decided]),
+                          seed=seed)
+    return {
+        "n_cases": len(rows),
+        "vision": per_tier("visual_tier", "vision_correct", "h_v"),
+        "text": per_tier("text_tier", "text_correct", "h_t"),
+        "n_kept": len(kept),
+        "kept_share": len(kept) / max(1, len(rows)),
+        "labels_kept": {k: sum(r["label"] == k for r in kept) for k in ("text", "vision", "other")},
+        "tfr": ratios.tfr, "vfr": ratios.vfr,
+        "following_curve": curve.to_dict(),
+    }

@@ -1,0 +1,140 @@
+"""Cases -> the three passes -> per-layer trajectories, uncertainties and labels -> rows.
+
+`process_batch(vlm, cases)` runs the vision-only, text-only and conflict passes of a batch of
+cases (one lens trace each) and returns one row per case and one row per case x layer x pass;
+`iter_rows` does it batch by batch over a whole case list. The run directory, resume and
+summary live in `interp.records` / `interp.summary`; `run` joins them.
+
+Answers **[ours]**: a pass's answer is read from the top-1 token at the answer position (after
+any teacher-forced common prefix of the two answers, see `interp.candidates`): a text-answer
+id gives the text answer, a vision-answer id the image answer, anything else "other" (the
+decoded token). This is the same rule the logit lens applies at every layer, so the last
+layer's class is the model's answer. `H_v` / `H_t` are the full-vocabulary entropies (nats) of
+the vision-only / text-only pass at that position.
+
+This module does not import transformers or nnsight; it drives a `hooks.loading.VLM`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from interp.candidates import CandidatePair, candidate_pair
+from interp.errors import CaseError
+from interp.following import correct_in_both
+from interp.logit_lens import Trajectory, trajectories
+from interp.oscillation import count_switches
+from interp.uncertainty import dh_rel
+
+__all__ = ["process_batch", "iter_rows", "case_item", "CASE_COLUMNS", "LAYER_COLUMNS"]
+
+PASS_NAMES = ("vision", "text", "conflict")
+
+CASE_COLUMNS = (
+    "case_id", "group_id", "task", "visual_tier", "text_tier", "control", "image_answer", "text_answer",
+    "y_v", "y_t", "y_m", "class_v", "class_t", "class_m", "vision_correct", "text_correct",
+    "h_v", "h_t", "dh_rel", "label", "kept", "drop_reason", "oscillations",
+    "p_text_m", "p_vision_m", "logit_diff_m", "divergence_position",
+)
+LAYER_COLUMNS = ("case_id", "pass", "layer", "class", "top1", "p_text", "p_vision", "logit_diff", "entropy")
+
+
+def case_item(case: Any) -> Any:
+    """The `hooks.prompts.PromptItem` of a dataset case: question + instruction, context, image."""
+    from hooks.prompts import PromptItem
+    from interp.datasets.text import INSTRUCTION
+
+    return PromptItem(question=f"{case.question} {INSTRUCTION}", context=case.context, image=case.open_image())
+
+
+def _pairs(tokenizer: Any, cases: Sequence[Any]) -> list[CandidatePair]:
+    pairs = []
+    for case in cases:
+        try:
+            pairs.append(candidate_pair(tokenizer, case.text_answer, case.image_answer,
+                                        tuple(case.text_candidates)[1:], tuple(case.image_candidates)[1:]))
+        except CaseError as err:
+            raise CaseError(f"case {case.id}: {err}") from None
+    return pairs
+
+
+def _answer(traj: Trajectory, pair: CandidatePair, tokenizer: Any) -> tuple[str, str]:
+    """(answer word, class) from the last layer of a trajectory."""
+    cls = traj.classes[-1]
+    if cls == "text":
+        return pair.text.answer, cls
+    if cls == "vision":
+        return pair.vision.answer, cls
+    return tokenizer.decode([int(traj.top1[-1])]).strip(), "other"
+
+
+def _run_pass(vlm: Any, batch: Any, pairs: Sequence[CandidatePair]) -> list[Trajectory]:
+    from hooks.prompts import append_tokens
+
+    if any(p.prefix for p in pairs):
+        batch = append_tokens(batch, [p.prefix for p in pairs])
+    ids = sorted({t for p in pairs for t in p.ids})
+    result = vlm.lens(batch, keep_logits=False, candidate_ids=ids, top_k=1)
+    return trajectories(pairs, result)
+
+
+def process_batch(vlm: Any, cases: Sequence[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The three passes of `cases` (one batch each) -> (case rows, layer rows)."""
+    tok = vlm.tokenizer
+    pairs = _pairs(tok, cases)
+    items = [case_item(c) for c in cases]
+    batches = vlm.passes(items, PASS_NAMES)
+    trajs = {name: _run_pass(vlm, batches[name], pairs) for name in PASS_NAMES}
+    answers = {name: [_answer(t, p, tok) for t, p in zip(trajs[name], pairs)] for name in PASS_NAMES}
+    filtered = correct_in_both([a for a, _ in answers["vision"]], [a for a, _ in answers["text"]],
+                               [c.image_candidates for c in cases], [c.text_candidates for c in cases])
+    case_rows, layer_rows = [], []
+    for b, (case, pair) in enumerate(zip(cases, pairs)):
+        tv, tt, tm = trajs["vision"][b], trajs["text"][b], trajs["conflict"][b]
+        (y_v, class_v), (y_t, class_t), (y_m, class_m) = (answers[n][b] for n in PASS_NAMES)
+        vision_correct, text_correct = class_v == "vision", class_t == "text"
+        h_v, h_t = float(tv.entropy[-1]), float(tt.entropy[-1])
+        # controls are never kept: their text or question is about another shape by design
+        reason = "control" if case.control else filtered.reasons[b]
+        case_rows.append({
+            "case_id": case.id, "group_id": case.group_id, "task": case.task,
+            "visual_tier": case.visual_tier, "text_tier": case.text_tier, "control": case.control,
+            "image_answer": case.image_answer, "text_answer": case.text_answer,
+            "y_v": y_v, "y_t": y_t, "y_m": y_m, "class_v": class_v, "class_t": class_t, "class_m": class_m,
+            "vision_correct": vision_correct, "text_correct": text_correct,
+            "h_v": h_v, "h_t": h_t, "dh_rel": float(dh_rel(h_t, h_v)),
+            "label": {"text": "text", "vision": "vision"}.get(class_m, "other"),
+            "kept": reason is None, "drop_reason": reason,
+            "oscillations": count_switches(tm.classes, has_embedding=True),
+            "p_text_m": float(tm.p_text[-1]), "p_vision_m": float(tm.p_vision[-1]),
+            "logit_diff_m": float(tm.logit_diff[-1]), "divergence_position": pair.divergence_position,
+        })
+        for name, traj in (("vision", tv), ("text", tt), ("conflict", tm)):
+            for row in traj.to_rows():
+                layer_rows.append({"case_id": case.id, "pass": name, **row})
+    return case_rows, layer_rows
+
+
+def iter_rows(vlm: Any, cases: Iterable[Any], *, batch_size: int = 16, progress: bool = True,
+              total: int | None = None) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    """`process_batch` over `cases` in batches, with a progress bar; yields each batch's rows."""
+    from tqdm import tqdm
+
+    cases = list(cases)
+    bar = tqdm(total=total or len(cases), desc="cases", unit="case", disable=not progress, mininterval=1)
+    try:
+        for start in range(0, len(cases), batch_size):
+            chunk = cases[start:start + batch_size]
+            yield process_batch(vlm, chunk)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+
+
+def rows_to_columns(rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Column arrays of a list of row dicts (for quick analysis without pyarrow)."""
+    if not rows:
+        return {}
+    return {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]}
