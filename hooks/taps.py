@@ -30,7 +30,7 @@ from interp.uncertainty import entropy
 if TYPE_CHECKING:
     from hooks.loading import VLM
 
-__all__ = ["LensResult", "lens", "project"]
+__all__ = ["LensResult", "lens", "project", "accepts_logits_to_keep", "check_required_inputs"]
 
 
 @dataclass
@@ -76,11 +76,11 @@ def project(vlm: "VLM", resid: Float[Tensor, "... d_model"]) -> Float[Tensor, ".
     return torch.tanh(z / cap) * cap if cap else z
 
 
-def _accepts_logits_to_keep(model: Any) -> bool:
+def accepts_logits_to_keep(model: Any) -> bool:
     return "logits_to_keep" in inspect.signature(type(model).forward).parameters
 
 
-def _check_required(vlm: "VLM", inputs: Mapping[str, Any]) -> None:
+def check_required_inputs(vlm: "VLM", inputs: Mapping[str, Any]) -> None:
     if "pixel_values" not in inputs:
         return
     missing = [k for k in vlm.adapter.required_inputs if k not in inputs]
@@ -90,10 +90,14 @@ def _check_required(vlm: "VLM", inputs: Mapping[str, Any]) -> None:
             "silently computes other logits); build inputs with hooks.prompts / the model's processor")
 
 
+# old private names, still imported by code in progress
+_accepts_logits_to_keep, _check_required = accepts_logits_to_keep, check_required_inputs
+
+
 def _trace(vlm: "VLM", inputs: Mapping[str, Any], keep_logits: bool, cand: Tensor | None, top_k: int):
     """The nnsight trace itself; kept a plain function body (nnsight compiles it from source)."""
     kwargs = dict(inputs)
-    if _accepts_logits_to_keep(vlm.model):
+    if accepts_logits_to_keep(vlm.model):
         kwargs["logits_to_keep"] = 1
     n = vlm.n_layers
     skipped = vlm.adapter.skipped_layers(vlm.model, "pixel_values" in inputs)
@@ -134,7 +138,7 @@ def lens(
     O(batch x layers x (top_k + n_candidates)) instead of O(batch x layers x vocab).
     Lens statistics are computed in float32 whatever the model's dtype.
     """
-    _check_required(vlm, inputs)
+    check_required_inputs(vlm, inputs)
     vlm.adapter.reset_state(vlm.model)
     cand = None
     if candidate_ids is not None:

@@ -239,11 +239,11 @@ def _tl_version() -> str:
 
 def _split_inputs(vlm: "VLM", inputs: Mapping[str, Any]) -> tuple[Tensor, dict[str, Any]]:
     from hooks.prompts import PassBatch
-    from hooks.taps import _check_required  # the same refusal of incomplete inputs as hooks.taps
+    from hooks.taps import check_required_inputs  # the same refusal of incomplete inputs as hooks.taps
 
     if isinstance(inputs, PassBatch):
         inputs = inputs.inputs
-    _check_required(vlm, inputs)
+    check_required_inputs(vlm, inputs)
     rest = dict(inputs)
     return rest.pop("input_ids"), rest
 
@@ -264,13 +264,13 @@ def tl_lens(vlm: "VLM", inputs: Mapping[str, Any], bridge: "TransformerBridge | 
     if type(hf_model).__name__ != vlm.adapter.model_class or bridge.cfg.n_layers != vlm.n_layers:
         raise ValueError(f"this bridge wraps a {type(hf_model).__name__} with {bridge.cfg.n_layers} blocks, "
                          f"not this VLM's {vlm.adapter.model_class} with {vlm.n_layers} layers")
-    from hooks.taps import _accepts_logits_to_keep
+    from hooks.taps import accepts_logits_to_keep
 
     input_ids, rest = _split_inputs(vlm, inputs)
     vlm.adapter.reset_state(hf_model)
     names = lens_hook_names(vlm.n_layers)
     wanted = set(names)
-    if _accepts_logits_to_keep(hf_model):
+    if accepts_logits_to_keep(hf_model):
         rest["logits_to_keep"] = 1  # as hooks.taps does: the model's own logits at the last position only
     # pos_slice=-1 keeps only the answer position, so the cache does not grow with sequence length.
     _, cache = bridge.run_with_cache(input_ids, names_filter=lambda n: n in wanted, pos_slice=-1, **rest)
