@@ -165,6 +165,10 @@ def _json_text(obj: Any) -> str:
     return json.dumps(obj, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
 
 
+def _unserialisable(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} {value!r} is not JSON")
+
+
 def _dig(info: Mapping[str, Any], dotted: str) -> Any:
     value: Any = info
     for key in dotted.split("."):
@@ -341,8 +345,14 @@ class RunDir:
         Raises:
             RunDirError: as above; also when ``path`` is a file, a non-empty directory has no
                 run.json, or another process holds the run.
-            ValueError: ``run_info`` lacks ``model.source``, ``dataset.hash`` or ``seed``.
+            ValueError: ``run_info`` lacks ``model.source``, ``dataset.hash`` or ``seed``, or is
+                not JSON (paths are written as strings, tuples as lists).
         """
+        try:
+            run_info = json.loads(json.dumps(run_info, default=lambda v: str(v) if isinstance(v, os.PathLike) else
+                                             _unserialisable(v), allow_nan=False))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"run_info must be JSON (no NaN): {err}") from None
         for key in ("model.source", "dataset.hash", "seed"):
             head, _, tail = key.partition(".")
             if head not in run_info or (tail and tail not in (run_info.get(head) or {})):
@@ -436,7 +446,9 @@ class RunDir:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunDirError(f"{self.path} is being written by another process; wait for it or kill it first") from None
+            raise RunDirError(
+                f"{self.path} is being written by another process; wait for it or kill it first"
+            ) from None
         self._lock = fd
 
     def close(self) -> None:
@@ -490,7 +502,8 @@ class RunDir:
         return set(self._done)
 
     def append(self, cases_rows: Sequence[Mapping[str, Any]], layer_rows: Sequence[Mapping[str, Any]]) -> int | None:
-        """Append one atomic chunk: ``cases_rows`` (:data:`CASE_SCHEMA`) and their ``layer_rows`` (:data:`LAYER_SCHEMA`).
+        """Append one atomic chunk: ``cases_rows`` (:data:`CASE_SCHEMA`) and their ``layer_rows``
+        (:data:`LAYER_SCHEMA`).
 
         Returns:
             The chunk's number, or None when ``cases_rows`` is empty (nothing is written).

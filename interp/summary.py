@@ -208,7 +208,9 @@ def summarise(
     if ratios.note:
         notes.append(ratios.note)
     if ratios.n_other:
-        notes.append(f"{ratios.n_other} kept case(s) answered neither modality ('other'): left out of TFR and the curve")
+        notes.append(
+            f"{ratios.n_other} kept case(s) answered neither modality ('other'): left out of TFR and the curve"
+        )
 
     # --- following curve, monotonicity, robustness
     x = np.array([_float(r["dh_rel"]) for r in curve_rows], dtype=np.float64)

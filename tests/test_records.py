@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -494,3 +493,15 @@ def test_weights_hash(tmp_path):
     (tmp_path / "c").mkdir()
     with pytest.raises(RunDirError, match="no"):
         weights_hash(tmp_path / "c")
+
+
+def test_run_info_is_normalised_to_json(tmp_path):
+    info = run_info(model__source=tmp_path / "model", arguments__limit=(1, 2))
+    with RunDir(tmp_path / "run") as run:
+        written = run.create(info, resume=False)
+    assert written["model"]["source"] == str(tmp_path / "model") and written["arguments"]["limit"] == [1, 2]
+    with RunDir(tmp_path / "run") as run:  # the same Path and tuple compare equal on resume
+        run.create(run_info(model__source=tmp_path / "model", arguments__limit=(1, 2)), resume=True)
+    with pytest.raises(ValueError, match="JSON"):
+        RunDir(tmp_path / "other").create(run_info(seed=object()), resume=False)
+    assert not (tmp_path / "other").exists()
