@@ -1,0 +1,215 @@
+"""report.html: one self-contained page (inline CSS, figures as base64 PNG, no external resource).
+
+:func:`report_main` is what ``modality-lens report RUN_DIR`` runs: finalize the run when its
+consolidated tables are missing or stale, draw every figure, write report.html, print the key
+numbers. :func:`format_summary` gives the same short table for ``modality-lens run`` to print.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+from interp.errors import RunDirError
+from interp.plots import FIGURES, RunData, draw_all
+from interp.records import RunDir, _atomic_write_bytes
+
+__all__ = ["format_summary", "report_main", "write_report"]
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
+       color: #222; line-height: 1.4; padding: 0 1em; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; }
+h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.muted { color: #666; font-size: 0.9em; } .warn { color: #a00000; }
+figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.9em; color: #444; max-width: 900px; }
+code { background: #f4f4f4; padding: 0 0.2em; }
+"""
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return str(v)
+    return f"{v:.{digits}f}"
+
+
+def _ci(ci: Any, digits: int = 3) -> str:
+    return f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else ""
+
+
+def _mean_ci(entry: dict[str, Any]) -> str:
+    if entry["mean"] is None:
+        return f"n/a (n = {entry['n']})"
+    return f"{entry['mean']:.2f} {_ci(entry['ci'], 2)} (n = {entry['n']})".replace("  ", " ")
+
+
+def key_numbers(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(what, value) rows of the key numbers, shared by the HTML table and :func:`format_summary`."""
+    s = summary
+    f = s["filter"]
+    dropped = ", ".join(f"{k} {v}" for k, v in f["dropped"].items() if v) or "none"
+    controls = ", ".join(f"{k} {v}" for k, v in s["n_controls"].items() if v) or "none"
+    bp = s["balance_point"]
+    bp_text = (f"{bp:.3f} {_ci(s['balance_point_ci'])}" if bp is not None
+               else f"none ({s['curve_status'].replace('_', ' ')})")
+    iso = s["isotonic_balance_point"]
+    osc = s["oscillation"]
+    p_value = s["monotonicity"]["spearman_p"]
+    p_text = "n/a" if p_value is None else f"{p_value:.2g}"
+    rows = [
+        ("cases", f"{s['n_cases']} ({s['n_conflict']} conflict; controls: {controls})"),
+        ("kept (correct in both)", f"{s['n_kept']} of {s['n_conflict']} conflict; dropped: {dropped}"),
+        ("labels of kept cases", ", ".join(f"{k} {v}" for k, v in f["labels_kept"].items())),
+        ("TFR / VFR", f"{_num(s['tfr'])} / {_num(s['vfr'])}"),
+        ("balance point (logistic, 95% CI)", bp_text),
+        ("balance point (isotonic)", _num(iso) if iso is not None else "no crossing in the observed range"),
+        ("Spearman ρ (ΔH_rel, follows text)", f"{_num(s['spearman_rho'])} (p = {p_text})"),
+        ("share of decreasing adjacent bins", _num(s["monotonicity"]["share_decreasing"], 2)),
+        ("oscillations, ambiguous", _mean_ci(osc["ambiguous"])),
+        ("oscillations, clear", _mean_ci(osc["clear"])),
+        ("ambiguous − clear", f"{_num(osc['difference'], 2)} {_ci(osc['difference_ci'], 2)}".strip()),
+    ]
+    for name, entry in s["controls"].items():
+        rows.append((f"oscillations, {name.replace('_', '-')} control", _mean_ci(entry)))
+    r = s["robustness"]
+    rows.append(("balance point, low / high H_t + H_v half",
+                 f"{_num(r['low']['balance_point'])} / {_num(r['high']['balance_point'])} "
+                 f"(median {_num(r['median_total_entropy'], 2)} nats)"))
+    return rows
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The key numbers as a plain-text table (for the terminal)."""
+    rows = key_numbers(summary)
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
+    out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    for row in rows:
+        cells = "".join(
+            ('<td class="num">' if i >= numeric_from else "<td>") + html.escape(str(c)) + "</td>"
+            for i, c in enumerate(row)
+        )
+        out.append(f"<tr>{cells}</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _tier_rows(tiers: list[dict[str, Any]]) -> list[list[str]]:
+    return [[str(t["tier"]), str(t["n"]), f"{_num(t['accuracy'], 2)} {_ci(t['accuracy_ci'], 2)}".strip(),
+             f"{_num(t['mean_entropy'], 2)} ± {_num(t['sd_entropy'], 2)}", str(t["n_kept"]), _num(t["tfr"], 2)]
+            for t in tiers]
+
+
+def _provenance(info: dict[str, Any]) -> list[list[str]]:
+    model, dataset = info.get("model") or {}, info.get("dataset") or {}
+    tool = info.get("toolkit") or {}
+    git = tool.get("git") or {}
+    libs = info.get("libraries") or {}
+    args = info.get("arguments") or {}
+    commit = (git.get("commit") or "")[:12] + (" (dirty)" if git.get("dirty") else "") if git else "not a git checkout"
+    return [
+        ["model", f"{model.get('source')}  [{model.get('weights_hash')}]"],
+        ["dataset", f"{dataset.get('source', dataset.get('name'))}  [{dataset.get('hash')}]"],
+        ["seed", str(info.get("seed"))],
+        ["arguments", ", ".join(f"{k}={v}" for k, v in args.items())],
+        ["device", str(info.get("device"))],
+        ["created", f"{info.get('created')}; resumed {len(info.get('resumes') or [])} time(s)"],
+        ["toolkit", f"modality-lens {tool.get('version')}, commit {commit}"],
+        ["libraries", ", ".join(f"{k} {v}" for k, v in libs.items() if v)],
+    ]
+
+
+def _figures(run: RunDir) -> list[tuple[Path, str]]:
+    known = [(run.figures_dir / f"{name}.png", caption) for name, _, caption in FIGURES]
+    if not all(p.exists() for p, _ in known):
+        draw_all(run)
+    names = {p.name for p, _ in known}
+    extra = sorted(p for p in run.figures_dir.glob("*.png") if p.name not in names)
+    return known + [(p, p.stem.replace("_", " ")) for p in extra]
+
+
+def write_report(run_dir: RunDir | str | Path) -> Path:
+    """Write ``RUN/report.html`` (figures drawn first if any is missing) and return its path.
+
+    The page holds the provenance, the key numbers, the filter counts, the per-tier tables,
+    every note of the summary, and every figure of ``figures/`` embedded as a base64 PNG; it
+    loads nothing from outside the file.
+    """
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    data = RunData.load(run)
+    s, info = data.summary, data.run_info
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>modality-lens run: {html.escape(run.path.name)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>modality-lens run <code>{html.escape(run.path.name)}</code></h1>",
+        '<p class="muted">Which modality does the model follow under conflict, and where is it decided? '
+        "ΔH_rel = 2 (H_t − H_v) / (H_t + H_v); entropies in nats; intervals are 95%.</p>",
+        "<h2>Key numbers</h2>",
+        _table(["", "value"], [[k, v] for k, v in key_numbers(s)], numeric_from=2),
+    ]
+    notes = list(s.get("notes") or [])
+    for where, note in (("oscillation", s["oscillation"].get("note")),
+                        ("robustness, low half", s["robustness"]["low"].get("note")),
+                        ("robustness, high half", s["robustness"]["high"].get("note"))):
+        if note:
+            notes.append(f"{where}: {note}")
+    if notes:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f'<li class="warn">{html.escape(n)}</li>' for n in notes) + "</ul>")
+    parts.append("<h2>Figures</h2>")
+    for path, caption in _figures(run):
+        encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+        parts.append(
+            f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{encoded}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    tiers = s["tiers"]
+    header = ["tier", "cases", "accuracy [95% CI]", "mean entropy ± SD (nats)", "kept", "TFR (kept)"]
+    parts += [
+        "<h2>Tiers</h2>",
+        "<p>Visual tiers: vision-only pass (accuracy of Y_v, H_v).</p>", _table(header, _tier_rows(tiers["visual"])),
+        "<p>Text tiers: text-only pass (accuracy of Y_t, H_t).</p>", _table(header, _tier_rows(tiers["text"])),
+        f'<p class="muted">{html.escape(tiers["note"])}</p>',
+        "<h2>Provenance</h2>",
+        _table(["", ""], _provenance(info), numeric_from=2),
+        f'<p class="muted">Records: cases.parquet, layers.parquet, summary.json and run.json in '
+        f"<code>{html.escape(str(run.path))}</code>.</p>",
+        "</body></html>",
+    ]
+    _atomic_write_bytes(run.report_path, ("\n".join(parts) + "\n").encode("utf-8"))
+    return run.report_path
+
+
+def report_main(run_dir: str) -> int:
+    """``modality-lens report RUN_DIR``: finalize if needed, draw the figures, write report.html, print key numbers.
+
+    Returns:
+        0 on success.
+
+    Raises:
+        RunDirError: ``run_dir`` is not a run directory (no run.json) or its records are damaged.
+    """
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise RunDirError(f"{run_dir}: no such run directory; pass the --out folder of a `modality-lens run`")
+    run.read_run_info()
+    summary = run.read_summary() if run.is_finalized() else run.finalize()
+    draw_all(run)
+    path = write_report(run)
+    print(format_summary(summary))
+    print(f"report: {path}")
+    return 0
