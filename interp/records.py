@@ -232,7 +232,7 @@ def _table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema, what: str) -> p
     missing = sorted({n for n in schema.names for r in rows if n not in r})
     if missing:
         raise ValueError(f"{what} rows lack the column(s) {missing}; every row needs all of {schema.names}")
-    extra = sorted({k for r in rows for k in r if k not in names})
+    extra = list(dict.fromkeys(k for r in rows for k in r if k not in names))  # first-seen order
     columns = {}
     for field in schema:
         try:
