@@ -88,12 +88,12 @@ CASE_SCHEMA = pa.schema(
 """Columns of every appended case row (one row per case). ``h_v``/``h_t`` in nats; ``label`` in
 {"text", "vision", "other"}; ``control`` None for a conflict case, else "text_irrelevant" /
 "image_irrelevant"; ``kept``: the case passed the correct-in-both filter; ``drop_reason`` None
-for a kept case, else one of ``interp.following.DROP_REASONS`` (the summary reads ``kept`` only
-for conflict cases: controls enter the controls' summary whatever the filter said);
-``oscillations``: switches along the conflict pass (embedding output excluded), None when not
-computed. ``region`` is *not* appended: it
-depends on the balance point of the whole run and is added by :meth:`RunDir.finalize`.
-Extra columns are allowed (e.g. other uncertainty indices) and kept as given."""
+for a kept case, else one of ``interp.following.DROP_REASONS`` or "control" (the summary reads
+``kept`` only for conflict cases: controls enter the controls' summary whatever the filter
+said); ``oscillations``: switches along the conflict pass (embedding output excluded), None
+when not computed. ``region`` is *not* appended: it depends on the balance point of the whole
+run and is added by :meth:`RunDir.finalize`. Extra columns are allowed (e.g. other
+uncertainty indices) and kept as given."""
 
 FINAL_CASE_SCHEMA = CASE_SCHEMA.append(pa.field("region", pa.string()))
 """Columns of the consolidated cases.parquet: :data:`CASE_SCHEMA` plus ``region``
