@@ -1,0 +1,284 @@
+"""Activation patching on the colour set: a layer x position-group sweep, and the effect checks.
+
+Run:  python experiments/activation_patching.py --out runs/patching
+      python experiments/activation_patching.py --out runs/patching --effects
+
+The model is `data/tiny_vlm` (the small trained LLaVA) when that directory exists, else the
+random-weight `tiny:llava` (a note says so: its numbers only show that the machinery runs).
+`--model` picks another source.
+
+**Sweep** (always). Each conflict case is patched from a copy of itself whose image is that
+of another case with another image colour (neither the case's image colour nor its text
+colour, same visual tier when possible). Source and target share their text, so every group
+maps position for position. For every decoder layer and each group (image, context, question
+and answer tokens) the source's `resid_post` (or `--site`) is written into the target and the
+change of logit(text) - logit(vision) at the answer position is recorded. Writes
+`patching.png` (mean change, and share of the source-target gap moved), `patching.json` and
+`patching.npz` (per case: batch x group x layer) under `--out`.
+
+**Effects** (`--effects`), the measurements of issue 8, printed and written to `effects.json`:
+
+1. image swap: patching the image span from the donor case raises the probability of the
+   donor's image colour at the answer position: share of cases and mean change of
+   log p(donor colour), per layer, in the vision-only and the conflict pass;
+2. knockout: blocking attention to the context tokens (from the answer position, and from
+   every position after the context) in all layers lowers text-following: TFR before/after;
+3. steering: an MC² instruction direction ("use the text to answer ." minus "use the image to
+   answer .", estimated on the first half of the cases) added with -alpha, 0, +alpha at the
+   answer position of the second half's conflict pass: TFR and balance point per alpha.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+TRAINED = REPO / "data" / "tiny_vlm"
+VISUAL_TIERS = (0, 2, 5, 7, 9, 11)
+TEXT_TIERS = (0, 1, 2)
+
+
+def default_model() -> str:
+    if TRAINED.is_dir():
+        return str(TRAINED)
+    print(f"note: {TRAINED} does not exist (the trained tiny VLM is not built yet); using the random-weight "
+          "tiny:llava, whose numbers only show that the machinery runs", flush=True)
+    return "tiny:llava"
+
+
+def conflict_cases(n: int, seed: int) -> list[Any]:
+    """`n` conflict cases of the colour set (64-px images), balanced over the chosen tiers."""
+    from interp.datasets.colour import colour_cases
+
+    per_cell = math.ceil(n / (len(VISUAL_TIERS) * len(TEXT_TIERS)))
+    cases = list(colour_cases(per_cell, seed, image_size=64, visual_tiers=VISUAL_TIERS, text_tiers=TEXT_TIERS,
+                              controls=False))
+    return cases[:n]
+
+
+def prompt_item(case: Any, image: Any = None) -> Any:
+    """The case as the model sees it (question + instruction, context), with another image if given."""
+    from hooks.prompts import PromptItem
+    from interp.datasets.text import INSTRUCTION
+
+    return PromptItem(f"{case.question} {INSTRUCTION}", case.context, image if image is not None else case.open_image())
+
+
+def donors(cases: Sequence[Any]) -> list[int | None]:
+    """Per case, another case whose image colour is neither its image nor its text colour."""
+    out: list[int | None] = []
+    for i, case in enumerate(cases):
+        fits = [j for j, other in enumerate(cases)
+                if other.image_answer not in (case.image_answer, case.text_answer)]
+        same_tier = [j for j in fits if cases[j].visual_tier == case.visual_tier]
+        pool = same_tier or fits
+        out.append(pool[i % len(pool)] if pool else None)
+    return out
+
+
+def pairs_for(tokenizer: Any, cases: Sequence[Any], text: str = "text", vision: str = "image") -> list[Any]:
+    """Candidate pairs; `text`/`vision` name which answer (or "donor" colour) stands on each side."""
+    from interp.candidates import candidate_pair
+
+    pairs = []
+    for case, donor in cases:
+        words = {"text": (case.text_answer, case.text_candidates), "image": (case.image_answer, case.image_candidates),
+                 "donor": (donor.image_answer, donor.image_candidates) if donor is not None else (None, ())}
+        (t, ts), (v, vs) = words[text], words[vision]
+        pairs.append(candidate_pair(tokenizer, t, v, tuple(ts)[1:], tuple(vs)[1:]))
+    return pairs
+
+
+def swap_batches(vlm: Any, cases: Sequence[Any], pass_name: str = "conflict"):
+    """(source, target, kept cases with their donors): target = the case, source = the case with the donor image."""
+    chosen = [(c, cases[d]) for c, d in zip(cases, donors(cases)) if d is not None]
+    target = vlm.passes([prompt_item(c) for c, _ in chosen], (pass_name,))[pass_name]
+    source = vlm.passes([prompt_item(c, d.open_image()) for c, d in chosen], (pass_name,))[pass_name]
+    return source, target, chosen
+
+
+def run_sweep(vlm: Any, cases: Sequence[Any], site: str, out: Path) -> dict[str, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hooks.patching import patching_sweep, plot_patching
+
+    source, target, chosen = swap_batches(vlm, cases)
+    pairs = pairs_for(vlm.tokenizer, chosen)
+    sweep = patching_sweep(vlm, source, target, pairs, site=site, progress=True)
+    fig, axes = plt.subplots(1, 2, figsize=(4.0 + 1.1 * len(sweep.layers), 3.2))
+    plot_patching(sweep, value="effect", ax=axes[0], title="Δ logit(text) − logit(vision)")
+    plot_patching(sweep, value="recovered", ax=axes[1], title="share of the source−target gap")
+    fig.suptitle(f"{vlm.source}: image swap, n = {len(chosen)} conflict cases", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "patching.png", dpi=130)
+    plt.close(fig)
+    record = {"model": vlm.source, "n_cases": len(chosen), "case_ids": [c.id for c, _ in chosen],
+              "donor_ids": [d.id for _, d in chosen], **sweep.to_dict()}
+    (out / "patching.json").write_text(json.dumps(_finite(record), indent=1))
+    np.savez(out / "patching.npz", effect=sweep.effect.numpy(), patched_logit_diff=sweep.patched.logit_diff.numpy(),
+             clean_logit_diff=sweep.clean.logit_diff.numpy(), source_logit_diff=sweep.source.logit_diff.numpy(),
+             groups=np.array(sweep.groups), layers=np.array(sweep.layers))
+    mean = sweep.mean("effect").numpy()
+    print(f"mean change of logit(text) - logit(vision), {site} (rows: groups, columns: layers {list(sweep.layers)}):")
+    for g, name in enumerate(sweep.groups):
+        print(f"  {name:>9}: " + " ".join(f"{v:+7.3f}" for v in mean[g]))
+    return record
+
+
+# --------------------------------------------------------------------------- effects
+def image_swap_effect(vlm: Any, cases: Sequence[Any]) -> dict[str, Any]:
+    """Per layer: share of cases where patching the donor's image span raises p(donor colour)."""
+    from hooks.patching import patch
+
+    result: dict[str, Any] = {}
+    for pass_name in ("vision", "conflict"):
+        source, target, chosen = swap_batches(vlm, cases, pass_name)
+        pairs = pairs_for(vlm.tokenizer, chosen, text="donor", vision="image")  # "text" side = donor colour
+        rows = []
+        settings = [("resid_pre", 0)] + [("resid_post", l) for l in range(vlm.n_layers)]
+        for site, layer in settings:
+            r = patch(vlm, source, target, pairs, layers=layer, group="image", site=site)
+            delta = (r.intervened.log_p_text - r.clean.log_p_text).numpy()
+            rows.append({"site": site, "layer": layer, "share_raised": float((delta > 0).mean()),
+                         "mean_delta_log_p_donor": float(delta.mean()),
+                         "mean_delta_log_p_own": float((r.intervened.log_p_vision - r.clean.log_p_vision).mean()),
+                         "share_top1_donor": float(np.mean([l == "text" for l in r.intervened.labels(pairs)]))})
+        result[pass_name] = {"n": len(chosen), "rows": rows}
+        print(f"image swap, {pass_name} pass (n = {len(chosen)}): share of cases where p(donor colour) rises")
+        for row in rows:
+            print(f"  {row['site']:>10} {row['layer']}: {row['share_raised']:.2f}  mean Δlog p(donor) "
+                  f"{row['mean_delta_log_p_donor']:+.3f}  Δlog p(own colour) {row['mean_delta_log_p_own']:+.3f}  "
+                  f"top-1 = donor {row['share_top1_donor']:.2f}")
+    return result
+
+
+def _kept(vlm: Any, items: Sequence[Any], pairs: Sequence[Any]) -> list[bool]:
+    """Cases answered right in both unimodal passes (METHOD §1.1)."""
+    from hooks.patching import read_answer
+
+    labels = {}
+    for name in ("vision", "text"):
+        labels[name] = read_answer(vlm, vlm.passes(items, (name,))[name], pairs).labels(pairs)
+    return [v == "vision" and t == "text" for v, t in zip(labels["vision"], labels["text"])]
+
+
+def knockout_effect(vlm: Any, cases: Sequence[Any]) -> dict[str, Any]:
+    """TFR of the conflict pass with attention to the context blocked, against none blocked."""
+    from hooks.patching import knockout
+    from interp.following import tfr_vfr
+
+    items = [prompt_item(c) for c in cases]
+    pairs = pairs_for(vlm.tokenizer, [(c, None) for c in cases])
+    kept = _kept(vlm, items, pairs)
+    batch = vlm.passes(items, ("conflict",))["conflict"]
+    out: dict[str, Any] = {"n": len(cases), "n_kept": sum(kept)}
+    print(f"knockout of the context (n = {len(cases)}, correct in both unimodal passes: {sum(kept)})")
+    for queries in ("answer", "after:context"):
+        r = knockout(vlm, batch, pairs, queries=queries, keys="context")
+        row = {}
+        for which, readout in (("clean", r.clean), ("knocked_out", r.intervened)):
+            labels = readout.labels(pairs)
+            row[which] = {"tfr_all": tfr_vfr(labels).tfr,
+                          "tfr_kept": tfr_vfr(l for l, k in zip(labels, kept) if k).tfr,
+                          "mean_logit_diff": float(readout.logit_diff.mean())}
+        out[queries] = row
+        fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+        print(f"  from {queries!r}: TFR {fmt(row['clean']['tfr_all'])} -> {fmt(row['knocked_out']['tfr_all'])} "
+              f"(kept cases {fmt(row['clean']['tfr_kept'])} -> {fmt(row['knocked_out']['tfr_kept'])}); mean logit "
+              f"diff {row['clean']['mean_logit_diff']:+.3f} -> {row['knocked_out']['mean_logit_diff']:+.3f}")
+    return out
+
+
+def steering_measurement(vlm: Any, cases: Sequence[Any], alpha: float, layers: Sequence[int] | None,
+                         text_instruction: str, image_instruction: str, correct_only: bool) -> dict[str, Any]:
+    """Direction from the first half of the cases, TFR / balance point on the second half."""
+    from hooks.patching import instruction_direction, steering_effect
+
+    half = len(cases) // 2
+    fit, held = cases[:half], cases[half:]
+    direction = instruction_direction(vlm, [prompt_item(c) for c in fit], text_instruction=text_instruction,
+                                      image_instruction=image_instruction)
+    if layers is None:
+        layers = list(range(vlm.n_layers // 2, vlm.n_layers))
+    report = steering_effect(vlm, [prompt_item(c) for c in held], pairs_for(vlm.tokenizer, [(c, None) for c in held]),
+                             direction, alphas=(-alpha, alpha), layers=layers, correct_only=correct_only)
+    print(f"steering: direction norms per layer {[round(float(x), 3) for x in direction.norms]}")
+    print(report)
+    return {"direction_norms": direction.norms.tolist(), "text_instruction": text_instruction,
+            "image_instruction": image_instruction, "n_fit": len(fit), **report.to_dict()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--model", default=None, help="model source (default: data/tiny_vlm, else tiny:llava)")
+    parser.add_argument("--n-cases", type=int, default=24, help="conflict cases in the sweep")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the colour set")
+    parser.add_argument("--site", default="resid_post", choices=("resid_pre", "resid_post", "attn_out", "mlp_out"))
+    parser.add_argument("--effects", action="store_true", help="also run the three effect measurements")
+    parser.add_argument("--n-effect-cases", type=int, default=96, help="conflict cases for the effect measurements")
+    parser.add_argument("--alpha", type=float, default=4.0, help="steering strength (run as -alpha, 0, +alpha)")
+    parser.add_argument("--steer-layers", type=int, nargs="*", default=None,
+                        help="decoder layers to steer (default: the second half)")
+    parser.add_argument("--text-instruction", default=None)
+    parser.add_argument("--image-instruction", default=None)
+    parser.add_argument("--all-cases", action="store_true",
+                        help="steering TFR over every case, not only those right in both unimodal passes")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+
+    from hooks.loading import load_vlm
+    from hooks.patching import IMAGE_INSTRUCTION, TEXT_INSTRUCTION
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    vlm = load_vlm(args.model or default_model())
+    print(f"model {vlm.source}: {vlm.adapter.model_class}, {vlm.n_layers} decoder layers")
+    run_sweep(vlm, conflict_cases(args.n_cases, args.seed), args.site, out)
+    print(f"sweep written to {out} ({time.perf_counter() - start:.1f} s)")
+    if args.effects:
+        cases = conflict_cases(args.n_effect_cases, args.seed + 1)
+        effects = {
+            "model": vlm.source,
+            "image_swap": image_swap_effect(vlm, cases),
+            "knockout": knockout_effect(vlm, cases),
+            "steering": steering_measurement(
+                vlm, cases, args.alpha, args.steer_layers, args.text_instruction or TEXT_INSTRUCTION,
+                args.image_instruction or IMAGE_INSTRUCTION, correct_only=not args.all_cases),
+        }
+        (out / "effects.json").write_text(json.dumps(_finite(effects), indent=1))
+        print(f"effects written to {out / 'effects.json'} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _finite(value: Any) -> Any:
+    """`value` with NaN / infinity replaced by None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())
