@@ -234,18 +234,24 @@ class AnswerReadout:
                              r(self.candidate_log_probs), r(self.top1), r(self.entropy),
                              None if self.logits is None else r(self.logits))
 
-    def labels(self, pairs: Sequence[CandidatePair]) -> list[str]:
-        """Per row, "text", "vision" or "other": the top-1 token classified by the row's pair.
+    def labels(self, pairs: Sequence[CandidatePair]) -> list[Any]:
+        """"text", "vision" or "other": the top-1 token classified by the row's pair.
 
+        One row axis: a flat list, row r read with `pairs[r % len(pairs)]` (tiled copies).
+        More axes (a sweep's batch x group x layer): the first is the batch, read with
+        `pairs[b]`, and row b's list holds the other axes flattened.
         **[ours]** The greedy first answer token stands for the answer: for one-token answers
         (the colour set) this is `interp.following.label_following` on the generated word.
         """
-        tops = self.top1.flatten().tolist()
-        out = []
-        for r, t in enumerate(tops):
-            cls = pairs[r % len(pairs)].classify(int(t))
-            out.append(cls if cls in ("text", "vision") else "other")
-        return out
+        def label(pair: CandidatePair, token: int) -> str:
+            cls = pair.classify(token)
+            return cls if cls in ("text", "vision") else "other"
+
+        if self.top1.dim() == 1:
+            return [label(pairs[r % len(pairs)], int(t)) for r, t in enumerate(self.top1.tolist())]
+        if self.top1.shape[0] != len(pairs):
+            raise ValueError(f"{self.top1.shape[0]} batch rows but {len(pairs)} pairs")
+        return [[label(pair, int(t)) for t in self.top1[b].flatten().tolist()] for b, pair in enumerate(pairs)]
 
 
 def _id_masks(pairs: Sequence[CandidatePair], vocab: int, device: torch.device) -> tuple[Tensor, Tensor]:

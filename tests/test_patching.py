@@ -184,6 +184,10 @@ def test_sweep_matches_the_hook_reference_in_every_cell(vlm):
             assert torch.allclose(sweep.patched.log_p_text[:, g, layer], want.log_p_text, atol=1e-4)
     clean = P.readout(_plain(vlm, target.inputs), pairs)
     assert torch.allclose(sweep.clean.logit_diff, clean.logit_diff, atol=1e-5)
+    labels = sweep.patched.labels(pairs)  # batch rows, each over group x layer
+    assert len(labels) == 2 and len(labels[1]) == len(P.GROUPS) * vlm.n_layers
+    top = int(sweep.patched.top1[1, 2, 1])
+    assert labels[1][2 * vlm.n_layers + 1] == {"text": "text", "vision": "vision"}.get(pairs[1].classify(top), "other")
     # at the last layer only the answer position reaches the logits (PaliGemma's prompt ends with
     # the question, so there the question group holds the answer position)
     for g, group in enumerate(P.GROUPS[:3]):
