@@ -35,6 +35,33 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _run(args: argparse.Namespace) -> int:
+    from interp.pipeline import run
+    from interp.report import format_summary
+
+    run_dir = run(model=args.model, dataset=args.dataset, out=args.out, batch_size=args.batch_size,
+                  device=args.device, dtype=args.dtype, limit=args.limit, seed=args.seed, resume=args.resume,
+                  image_size=args.image_size, **({"n_per_cell": args.n_per_cell} if args.n_per_cell else {}))
+    print(format_summary(run_dir.read_summary()))
+    print(f"report: {run_dir.report_path.resolve()}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from interp.report import report_main
+
+    return report_main(args.run_dir)
+
+
+def _image_size(text: str) -> int | str | None:
+    if text in ("auto", "paper"):
+        return None if text == "paper" else "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--image-size takes auto, paper or a number of pixels, not {text!r}")
+
+
 def _bench(args: argparse.Namespace) -> int:
     from hooks.benchmark import run_from_args
 
@@ -47,6 +74,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Which modality does a vision-language model follow under conflict, and where is it decided?",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="the main job: three passes per case, records, following curve, report",
+                         description="Run the vision-only, text-only and conflict passes of every case through the "
+                                     "per-layer logit lens; write records, summary.json, figures and report.html.")
+    run.add_argument("--model", default=None,
+                     help="model directory or hub id (default: the shipped small trained VLM, data/tiny_vlm)")
+    run.add_argument("--dataset", default=None,
+                     help="a dataset folder (modality-lens dataset ...) or a built-in set: colour (default), shapes")
+    run.add_argument("--out", default=None, help="run directory (default: runs/run-seed<SEED>)")
+    run.add_argument("--batch-size", type=int, default=16)
+    run.add_argument("--limit", type=int, default=None, help="only the first N cases")
+    run.add_argument("--seed", type=int, default=0,
+                     help="seeds the built-in dataset's generation and every bootstrap (default 0)")
+    run.add_argument("--resume", action="store_true", help="continue a killed run in --out")
+    run.add_argument("--n-per-cell", type=int, default=None,
+                     help="built-in sets: groups per (visual, text) tier cell (default 6)")
+    run.add_argument("--image-size", type=_image_size, default="auto",
+                     help="built-in sets: auto (the model's input size if square and <= 224 px), paper, or pixels")
+    _add_model_options(run)
+    run.set_defaults(func=_run)
+    report = sub.add_parser("report", help="redraw the figures and report.html of a run directory")
+    report.add_argument("run_dir")
+    report.set_defaults(func=_report)
     check = sub.add_parser("check", help="load a model, show its adapter and prompt geometry, run the self-check")
     check.add_argument("source", help="a model directory, a hub id (org/name), or tiny:FAMILY (e.g. tiny:llava)")
     _add_model_options(check)

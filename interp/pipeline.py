@@ -28,7 +28,7 @@ from interp.logit_lens import Trajectory, trajectories
 from interp.oscillation import count_switches
 from interp.uncertainty import dh_rel
 
-__all__ = ["process_batch", "iter_rows", "case_item", "CASE_COLUMNS", "LAYER_COLUMNS"]
+__all__ = ["run", "process_batch", "iter_rows", "case_item", "load_cases", "default_model", "CASE_COLUMNS", "LAYER_COLUMNS"]
 
 PASS_NAMES = ("vision", "text", "conflict")
 
@@ -138,3 +138,134 @@ def rows_to_columns(rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
     if not rows:
         return {}
     return {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]}
+
+
+# ----------------------------------------------------------------------------- a whole run
+BUILTIN_DATASETS = ("colour", "shapes")
+BUILTIN_N_PER_CELL = 6
+"""Groups per (visual tier, text tier) cell of the built-in sets in a default run **[ours]**:
+6 x 14 x 4 x 3 = 1,008 colour cases (conflict + both controls), about a minute on 2 cores
+with the shipped model."""
+
+
+def default_model() -> str:
+    """The shipped small trained VLM (data/tiny_vlm next to the packages)."""
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parent.parent / "data" / "tiny_vlm")
+
+
+def auto_image_size(processor: Any) -> int | None:
+    """**[ours]** Draw built-in scenes at the model's own input size when it is square and at most
+    224 px (small models would otherwise see a centre crop of an 800x600 scene), else at the
+    paper's sizes (None)."""
+    ip = getattr(processor, "image_processor", None)
+    crop = getattr(ip, "crop_size", None) or getattr(ip, "size", None) or {}
+    if isinstance(crop, dict):
+        h, w = crop.get("height"), crop.get("width")
+        if h is None and "shortest_edge" in crop:
+            h = w = crop["shortest_edge"]
+        if h and w and h == w and h <= 224:
+            return int(h)
+    return None
+
+
+def builtin_cases(name: str, *, seed: int, n_per_cell: int, image_size: int | None) -> tuple[list[Any], dict]:
+    """(cases, dataset record for run.json) of a built-in set."""
+    import hashlib
+
+    from interp.datasets.colour import colour_cases
+    from interp.datasets.shapes import shape_cases
+
+    generate = {"colour": colour_cases, "shapes": shape_cases}[name]
+    cases = list(generate(n_per_cell, seed, image_size=image_size))
+    digest = hashlib.sha256()
+    seen: set[str] = set()
+    for case in cases:
+        record = [case.id, case.question, case.context, case.image_answer, case.text_answer,
+                  list(case.image_candidates), list(case.text_candidates), case.control]
+        digest.update(repr(record).encode())
+        if case.image_name not in seen:
+            seen.add(case.image_name)
+            digest.update(case.open_image().tobytes())
+    parameters = {"n_per_cell": n_per_cell, "image_size": image_size, "generator": name}
+    return cases, {"source": f"builtin:{name}", "parameters": parameters, "seed": seed,
+                   "hash": "sha256:" + digest.hexdigest(), "n_cases": len(cases)}
+
+
+def load_cases(dataset: str | None, *, seed: int, n_per_cell: int, image_size: int | None) -> tuple[list[Any], dict]:
+    """Cases and their run.json record: a built-in name ("colour", "shapes") or a dataset folder."""
+    from interp.datasets.storage import dataset_info, load_dataset
+
+    if dataset is None or dataset in BUILTIN_DATASETS:
+        return builtin_cases(dataset or "colour", seed=seed, n_per_cell=n_per_cell, image_size=image_size)
+    cases = load_dataset(dataset)
+    info = dataset_info(dataset)
+    return cases, {"source": str(dataset), "parameters": info.get("parameters"), "seed": info.get("seed"),
+                   "hash": info.get("content_hash"), "n_cases": len(cases)}
+
+
+def run(
+    *,
+    model: str | None = None,
+    dataset: str | None = None,
+    out: str | None = None,
+    batch_size: int = 16,
+    device: str | None = None,
+    dtype: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    n_per_cell: int = BUILTIN_N_PER_CELL,
+    image_size: int | str | None = "auto",
+    n_boot: int = 1000,
+    progress: bool = True,
+    figures: bool = True,
+) -> Any:
+    """The main job: cases -> three passes -> run directory with records, summary, figures, report.
+
+    Returns the `interp.records.RunDir`. Every case's candidate tokens are checked before
+    anything is written, so a case the model cannot answer stops the run up front; a killed
+    run continues with `resume=True` (same model, dataset, seed, dtype and limit).
+    """
+    from pathlib import Path
+
+    from hooks.loading import load_vlm
+    from interp.records import RunDir, weights_hash
+
+    source = model or default_model()
+    vlm = load_vlm(source, device=device, dtype=dtype)
+    size = auto_image_size(vlm.processor) if image_size == "auto" else image_size
+    cases, data_info = load_cases(dataset, seed=seed, n_per_cell=n_per_cell, image_size=size)
+    if limit is not None:
+        cases = cases[: int(limit)]
+    _pairs(vlm.tokenizer, cases)  # refuse untokenisable or identical answers before writing anything
+    local = Path(source).is_dir()
+    run_dir = RunDir(out or Path("runs") / f"run-seed{seed}")
+    run_dir.create({
+        "model": {"source": str(Path(source).resolve()) if local else source,
+                  "weights_hash": weights_hash(source) if local else None,
+                  "class": vlm.adapter.model_class, "n_layers": vlm.n_layers,
+                  "self_check": str(vlm.self_check_report)},
+        "dataset": data_info,
+        "seed": seed,
+        "arguments": {"dtype": str(vlm.dtype).removeprefix("torch."), "limit": limit, "batch_size": batch_size,
+                      "n_per_cell": n_per_cell, "image_size": size, "n_boot": n_boot},
+        "device": str(vlm.device),
+    }, resume=resume)
+    try:
+        done = run_dir.done_case_ids()
+        todo = [c for c in cases if c.id not in done]
+        for case_rows, layer_rows in iter_rows(vlm, todo, batch_size=batch_size, progress=progress,
+                                               total=len(todo)):
+            run_dir.append(case_rows, layer_rows)
+        run_dir.finalize(n_boot=n_boot)
+        if figures:
+            from interp.plots import draw_all
+            from interp.report import write_report
+
+            draw_all(run_dir)
+            write_report(run_dir)
+    finally:
+        run_dir.close()
+    return run_dir

@@ -1,0 +1,148 @@
+"""Train the small LLaVA shipped in data/tiny_vlm, evaluate it on held-out cases, write its card.
+
+    python experiments/train_tiny_vlm.py                      # the shipped recipe (~20 min, 2 cores)
+    python experiments/train_tiny_vlm.py --out /tmp/m --steps 200 --seed 1
+    python experiments/train_tiny_vlm.py --metrics-only data/tiny_vlm
+
+The recipe, the training mix and why it is built that way are in hooks/tiny_vlm.py. The
+held-out set is the built-in colour set with another seed than anything used in training
+(training scenes are drawn from their own random stream).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from hooks.tiny_vlm import DEFAULT_DIR, TinyVLMConfig, evaluate, save, train
+
+
+def metrics_table(m: dict) -> str:
+    lines = ["| modality | tier | accuracy | mean entropy (nats) |", "|---|---|---|---|"]
+    for name, key in (("vision-only", "vision"), ("text-only", "text")):
+        block = m[key]
+        for t, acc, h in zip(block["tiers"], block["accuracy"], block["mean_entropy"]):
+            lines.append(f"| {name} | {t} | {acc:.3f} | {h:.3f} |")
+    fc = m["following_curve"]
+    bp = "none" if fc["balance_point"] is None else f"{fc['balance_point']:.3f}"
+    ci = fc["balance_point_ci"]
+    lines += [
+        "",
+        f"- Spearman rho of mean H_v vs visual tier: {m['vision']['spearman_entropy_vs_tier']:.3f}; "
+        f"of mean H_t vs text tier: {m['text']['spearman_entropy_vs_tier']:.3f}",
+        f"- conflict cases: {m['n_cases']}; kept by the correct-in-both filter: {m['n_kept']} "
+        f"({m['kept_share']:.1%}); among kept: text-following {m['labels_kept']['text']}, "
+        f"vision-following {m['labels_kept']['vision']}, other {m['labels_kept']['other']}",
+        f"- TFR {m['tfr'] if m['tfr'] is None else round(m['tfr'], 3)}, "
+        f"VFR {m['vfr'] if m['vfr'] is None else round(m['vfr'], 3)}",
+        f"- balance point {bp}" + (f" (95% CI {ci[0]:.3f} to {ci[1]:.3f})" if ci else "")
+        + f"; isotonic 0.5 crossing {fc['isotonic_balance_point']}; status {fc['status']}",
+    ]
+    return "\n".join(lines)
+
+
+CARD = """# tiny_vlm: a small LLaVA trained on the colour-conflict tasks
+
+**What it is.** A `LlavaForConditionalGeneration` ({params:,} parameters) built from scratch:
+a CLIP-style vision tower ({vision_layers} layers, width {vision_hidden}, {image_size} px images in
+{patch_size} px patches, {n_img} image tokens), a linear-GELU-linear projector and a Llama-style language
+model ({text_layers} layers, width {text_hidden}), with a word-level tokenizer over the colour set's
+vocabulary ({vocab} tokens), a processor and a chat template. Saved with `save_pretrained`, so
+`load_vlm("data/tiny_vlm")` goes through exactly the code path of a hub model.
+
+**What it is not.** A real-world VLM. It knows six colours, seven shapes, the words of the
+colour set's templates, and nothing else; it has never seen a photograph. Use it to exercise the
+toolkit end to end and to see the modality-following analyses on a model whose training data is
+known, not to draw conclusions about large models.
+
+## Recipe
+
+- seed {seed}; {steps} steps of batch {batch_size}; AdamW (lr {lr}, {warmup} warm-up steps, cosine
+  decay to 5%, weight decay {weight_decay}); loss: cross-entropy of the answer token only.
+- wall time {wall_min:.1f} min on {threads} CPU threads ({machine}); torch {torch}.
+- reproduce: `python experiments/train_tiny_vlm.py --seed {seed} --steps {steps}`.
+
+## Training data
+
+Drawn by `interp.datasets.colour` at {image_size} px from {n_scenes} pre-drawn scenes (every visual tier
+equally often). Per example: vision-only (share {mix_v}), text-only ({mix_t}) or both ({mix_b}).
+The label is always the scene's true colour. Contexts state the true colour with probability
+{reliability} at text tiers 0-3 and another colour otherwise (a wrong colour is absent from the
+image, as in the evaluation set); {irrelevant:.0%} of contexts speak of another shape. No example is
+labelled with the text's colour against the image: what the model does under conflict comes from
+what it learned about how reliable each modality is.
+
+## Held-out metrics
+
+Built-in colour set, seed {eval_seed}, {eval_n} groups per cell, 14 visual x 4 text tiers, conflict
+cases only (`python experiments/train_tiny_vlm.py --metrics-only data/tiny_vlm` prints them):
+
+{table}
+
+## Limits
+
+- Word-level vocabulary: any word outside it is `<unk>`.
+- Images other than flat-coloured shapes on white are out of distribution.
+- Text-following and vision-following here reflect the reliabilities chosen above; change
+  `TEXT_RELIABILITY` in `hooks/tiny_vlm.py` and retrain to move the balance point.
+"""
+
+
+def write_card(out: Path, cfg: TinyVLMConfig, log: dict, m: dict, eval_seed: int, eval_n: int) -> str:
+    import torch
+
+    from hooks.loading import load_vlm
+
+    vlm = load_vlm(out, self_check=False)
+    text = CARD.format(
+        params=log["params"], vision_layers=cfg.vision_layers, vision_hidden=cfg.vision_hidden,
+        image_size=cfg.image_size, patch_size=cfg.patch_size, n_img=(cfg.image_size // cfg.patch_size) ** 2,
+        text_layers=cfg.text_layers, text_hidden=cfg.text_hidden, vocab=len(vlm.tokenizer), seed=cfg.seed,
+        steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, weight_decay=cfg.weight_decay,
+        wall_min=log["wall_s"] / 60, threads=cfg.threads, machine=platform.machine(), torch=torch.__version__,
+        n_scenes=cfg.n_scenes, mix_v=cfg.mix[0], mix_t=cfg.mix[1], mix_b=cfg.mix[2],
+        reliability=", ".join(f"{r:.2f}" for r in cfg.text_reliability), irrelevant=cfg.text_irrelevant_share,
+        eval_seed=eval_seed, eval_n=eval_n, table=metrics_table(m),
+    )
+    (out / "MODEL_CARD.md").write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
+    parser.add_argument("--seed", type=int, default=TinyVLMConfig.seed)
+    parser.add_argument("--steps", type=int, default=TinyVLMConfig.steps)
+    parser.add_argument("--eval-seed", type=int, default=1000)
+    parser.add_argument("--eval-n", type=int, default=6, help="held-out groups per (visual, text) tier cell")
+    parser.add_argument("--metrics-only", type=Path, default=None, metavar="DIR",
+                        help="evaluate an existing checkpoint instead of training")
+    args = parser.parse_args(argv)
+
+    from hooks.loading import load_vlm
+
+    if args.metrics_only is not None:
+        m = evaluate(load_vlm(args.metrics_only), n_per_cell=args.eval_n, seed=args.eval_seed)
+        print(metrics_table(m))
+        return 0
+    cfg = TinyVLMConfig(seed=args.seed, steps=args.steps)
+    start = time.time()
+    model, processor, log = train(cfg)
+    save(model, processor, args.out, metadata={"config": cfg.to_dict(), "log": log})
+    m = evaluate(load_vlm(args.out), n_per_cell=args.eval_n, seed=args.eval_seed)
+    log["total_s"] = time.time() - start
+    save(model, processor, args.out, metadata={"config": cfg.to_dict(), "log": log, "metrics": m})
+    write_card(args.out, cfg, log, m, args.eval_seed, args.eval_n)
+    print(metrics_table(m))
+    print(f"saved to {args.out} ({log['wall_s'] / 60:.1f} min training, {log['params']:,} parameters)")
+    print(json.dumps({"vision_tier0_acc": m["vision"]["accuracy"][0], "text_tier0_acc": m["text"]["accuracy"][0],
+                      "tfr": m["tfr"], "balance_point": m["following_curve"]["balance_point"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
