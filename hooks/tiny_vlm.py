@@ -65,7 +65,7 @@ class TinyVLMConfig:
     text_intermediate: int = 384
     steps: int = 1500
     batch_size: int = 48
-    lr: float = 3e-3
+    lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.01
     n_scenes: int = 12000
@@ -73,6 +73,8 @@ class TinyVLMConfig:
     text_irrelevant_share: float = 0.1
     mix: tuple[float, float, float] = (0.4, 0.25, 0.35)  # vision-only, text-only, both
     threads: int = 2
+    curriculum_share: float = 0.2  # first share of the steps: visual tiers 0..curriculum_max_tier only
+    curriculum_max_tier: int = 4
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,6 +176,7 @@ class TrainingMix:
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng([self.cfg.seed, 13])
+        self._by_tier: dict[int, np.ndarray] = {}
 
     def _context(self, shape: str, absent_shape: str, true_colour: str, wrong_colour: str) -> tuple[str, str]:
         """(context, stated colour): reliable with the tier's probability; sometimes irrelevant."""
@@ -187,12 +190,17 @@ class TrainingMix:
         stated = true_colour if rng.random() < self.cfg.text_reliability[tier] else wrong_colour
         return text_context(tier, shape, stated, rng, avoid=(true_colour,)), stated
 
-    def sample(self) -> Example:
+    def sample(self, max_tier: int | None = None) -> Example:
+        """One example; `max_tier` restricts the scene to visual tiers <= max_tier (curriculum)."""
         from interp.datasets.colour import COLOURS, SHAPES
         from interp.datasets.text import COLOUR_QUESTION, INSTRUCTION
 
         rng, pool = self.rng, self.pool
-        i = int(rng.integers(len(pool)))
+        if max_tier is None:
+            i = int(rng.integers(len(pool)))
+        else:
+            allowed = self._by_tier.setdefault(max_tier, np.flatnonzero(pool.visual_tier <= max_tier))
+            i = int(allowed[rng.integers(len(allowed))])
         kind = ("vision", "text", "both")[int(rng.choice(3, p=self.cfg.mix))]
         shape, true_colour = SHAPES[pool.target_shape[i]], COLOURS[pool.target_colour[i]]
         absent_shape, wrong = SHAPES[pool.absent_shape[i]], COLOURS[pool.absent_colour[i]]
@@ -224,9 +232,19 @@ def _lr(step: int, cfg: TinyVLMConfig) -> float:
 
 
 def batches(mix: TrainingMix, batch_size: int) -> Iterator[tuple[list[Example], list[Example]]]:
-    """Forever: (examples with an image, examples without) making up one batch."""
+    """Forever: (examples with an image, examples without) making up one batch.
+
+    Curriculum **[ours]**: during the first `curriculum_share` of the steps, scenes come from
+    visual tiers <= `curriculum_max_tier` only. Measured: with every tier from the start, the
+    vision pathway stayed at chance (loss ln 6) for 600 steps; on the easy tiers alone it reads
+    colours within ~150 steps, and then carries over to the harder tiers.
+    """
+    cfg = mix.cfg
+    step = 0
     while True:
-        drawn = [mix.sample() for _ in range(batch_size)]
+        max_tier = cfg.curriculum_max_tier if step < cfg.curriculum_share * cfg.steps else None
+        drawn = [mix.sample(max_tier) for _ in range(batch_size)]
+        step += 1
         yield [e for e in drawn if e.image is not None], [e for e in drawn if e.image is None]
 
 

@@ -1,0 +1,148 @@
+"""The main job end to end on a tiny model: rows, resume after SIGKILL, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from interp.errors import CaseError, ModalityLensError
+
+RUN_ARGS = ["--model", "tiny:llava", "--limit", "48", "--batch-size", "4", "--n-per-cell", "1", "--seed", "3"]
+
+
+def _cli(*args, **kwargs):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.Popen([sys.executable, "-m", "interp.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, **kwargs)
+
+
+def _finish(proc, timeout=600):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def _summary_without_provenance(run: Path) -> dict:
+    summary = json.loads((run / "summary.json").read_text())
+    return summary
+
+
+def test_rows_of_a_small_run(tmp_path):
+    from interp.pipeline import run
+
+    run_dir = run(model="tiny:llava", limit=12, batch_size=5, n_per_cell=1, out=str(tmp_path / "r"), seed=1,
+                  progress=False, figures=False, n_boot=50)
+    cases = pq.read_table(run_dir.cases_path).to_pylist()
+    layers = pq.read_table(run_dir.layers_path).to_pylist()
+    assert len(cases) == 12 and len({c["case_id"] for c in cases}) == 12
+    # one row per case x pass x lens layer (embedding + 4 decoder layers of the tiny model)
+    assert len(layers) == 12 * 3 * 5
+    for c in cases:
+        mine = [r for r in layers if r["case_id"] == c["case_id"] and r["pass"] == "conflict"]
+        assert [r["layer"] for r in sorted(mine, key=lambda r: r["layer"])] == list(range(5))
+        last = max(mine, key=lambda r: r["layer"])
+        # the conflict answer is the last layer's class
+        assert {"text": "text", "vision": "vision"}.get(last["class"], "other") == c["label"]
+        assert c["dh_rel"] == pytest.approx(2 * (c["h_t"] - c["h_v"]) / (c["h_t"] + c["h_v"]))
+        h_v = [r for r in layers if r["case_id"] == c["case_id"] and r["pass"] == "vision" and r["layer"] == 4]
+        assert h_v[0]["entropy"] == pytest.approx(c["h_v"])
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_result(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    code, out, err = _finish(_cli("run", *RUN_ARGS, "--out", str(whole)))
+    assert code == 0, err
+
+    proc = _cli("run", *RUN_ARGS, "--out", str(killed))
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until some chunks are committed, then kill mid-run
+        if len(list((killed / "cases").glob("part-*.parquet"))) >= 3 if (killed / "cases").is_dir() else False:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    parts = list((killed / "cases").glob("part-*.parquet"))
+    assert 0 < len(parts) < 12, "the kill must land mid-run"
+    assert not (killed / "summary.json").exists()
+
+    code, out, err = _finish(_cli("run", *RUN_ARGS, "--out", str(killed), "--resume"))
+    assert code == 0, err
+    a = pq.read_table(whole / "cases.parquet").to_pylist()
+    b = pq.read_table(killed / "cases.parquet").to_pylist()
+    ids_b = [r["case_id"] for r in b]
+    assert len(ids_b) == len(set(ids_b)) == 48
+    assert sorted(ids_b) == sorted(r["case_id"] for r in a)
+    assert pq.read_table(killed / "layers.parquet").num_rows == pq.read_table(whole / "layers.parquet").num_rows
+    assert _summary_without_provenance(killed) == _summary_without_provenance(whole)
+    assert json.loads((killed / "run.json").read_text())["resumes"]
+
+
+def test_resume_on_a_foreign_run_is_refused_and_nothing_is_lost(tmp_path):
+    out = tmp_path / "r"
+    code, _, err = _finish(_cli("run", *RUN_ARGS[:-2], "--seed", "3", "--limit", "8", "--out", str(out)))
+    assert code == 0, err
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+    code, _, err = _finish(_cli("run", "--model", "tiny:gemma3", "--limit", "8", "--n-per-cell", "1",
+                                "--seed", "4", "--out", str(out), "--resume"))
+    assert code == 2 and "Traceback" not in err
+    assert "--resume refused" in err and "seed" in err and "model" in err
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before
+    code, _, err = _finish(_cli("run", *RUN_ARGS, "--out", str(out)))  # no --resume on a full directory
+    assert code == 2 and "not empty" in err
+
+
+def test_unknown_model_directory(tmp_path):
+    code, _, err = _finish(_cli("run", "--model", str(tmp_path), "--out", str(tmp_path / "r")))
+    assert code == 2 and "Traceback" not in err and "config.json" in err
+    assert not (tmp_path / "r").exists()
+
+
+def _write_dataset(folder: Path, cases):
+    from interp.datasets.storage import save_dataset
+
+    save_dataset(cases, folder, {"generator": "test", "parameters": {}, "seed": 0}, progress=False)
+
+
+def test_dataset_folder_with_a_missing_image(tmp_path):
+    from interp.datasets.colour import colour_cases
+
+    data = tmp_path / "data"
+    _write_dataset(data, list(colour_cases(1, 0, image_size=32, visual_tiers=[0, 1], text_tiers=[0])))
+    victim = sorted((data / "images").glob("*.png"))[0]
+    victim.unlink()
+    code, _, err = _finish(_cli("run", "--model", "tiny:llava", "--dataset", str(data), "--out", str(tmp_path / "r")))
+    assert code == 2 and "Traceback" not in err
+    assert "images missing" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_case_whose_answers_tokenise_identically(tmp_path):
+    from interp.datasets.colour import colour_cases
+    from interp.pipeline import _pairs
+
+    cases = list(colour_cases(1, 0, image_size=32, visual_tiers=[0], text_tiers=[0], controls=False))
+    bad = replace(cases[0], id="bad-case", text_answer=cases[0].image_answer.capitalize(),
+                  text_candidates=(cases[0].image_answer.capitalize(),))
+    from hooks.loading import load_vlm
+
+    tok = load_vlm("tiny:llava", self_check=False).tokenizer
+    with pytest.raises(CaseError, match="bad-case.*identical tokens"):
+        _pairs(tok, [bad])
+
+    data = tmp_path / "data"
+    _write_dataset(data, [cases[0], bad])
+    out = tmp_path / "r"
+    code, _, err = _finish(_cli("run", "--model", "tiny:llava", "--dataset", str(data), "--out", str(out)))
+    assert code == 2 and "Traceback" not in err
+    assert "bad-case" in err and "identical tokens" in err
+    assert not out.exists()
+    assert isinstance(CaseError("x"), ModalityLensError)
