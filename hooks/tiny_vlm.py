@@ -178,17 +178,19 @@ class TrainingMix:
         self.rng = np.random.default_rng([self.cfg.seed, 13])
         self._by_tier: dict[int, np.ndarray] = {}
 
-    def _context(self, shape: str, absent_shape: str, true_colour: str, wrong_colour: str) -> tuple[str, str]:
-        """(context, stated colour): reliable with the tier's probability; sometimes irrelevant."""
+    def context(self, shape: str, absent_shape: str, true_colour: str, wrong_colour: str) -> tuple[str, str, int, bool]:
+        """(context, stated colour, text tier, relevant): the context states the true colour with
+        the tier's reliability, else `wrong_colour`; a share of contexts speak of `absent_shape`
+        (not relevant: they say nothing about the asked shape)."""
         from interp.datasets.text import text_context
 
         rng = self.rng
         tier = int(rng.integers(4))
         if rng.random() < self.cfg.text_irrelevant_share:
             stated = [true_colour, wrong_colour][int(rng.integers(2))]
-            return text_context(tier, absent_shape, stated, rng, avoid=(true_colour,)), stated
+            return text_context(tier, absent_shape, stated, rng, avoid=(true_colour,)), stated, tier, False
         stated = true_colour if rng.random() < self.cfg.text_reliability[tier] else wrong_colour
-        return text_context(tier, shape, stated, rng, avoid=(true_colour,)), stated
+        return text_context(tier, shape, stated, rng, avoid=(true_colour,)), stated, tier, True
 
     def sample(self, max_tier: int | None = None) -> Example:
         """One example; `max_tier` restricts the scene to visual tiers <= max_tier (curriculum)."""
@@ -207,7 +209,7 @@ class TrainingMix:
         if kind == "text":  # no image: any other colour can be the wrong one
             wrong = COLOURS[int(rng.choice([k for k in range(len(COLOURS)) if COLOURS[k] != true_colour]))]
         question = f"{COLOUR_QUESTION.format(shape=shape)} {INSTRUCTION}"
-        context = None if kind == "vision" else self._context(shape, absent_shape, true_colour, wrong)[0]
+        context = None if kind == "vision" else self.context(shape, absent_shape, true_colour, wrong)[0]
         image = None if kind == "text" else pool.images[i]
         return Example(kind, question, context, image, true_colour)
 

@@ -1,0 +1,75 @@
+"""The shipped small VLM: the training code runs and is deterministic; the checkpoint loads and reads colours."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hooks.loading import load_vlm
+from hooks.tiny_vlm import DEFAULT_DIR, ScenePool, TinyVLMConfig, save, train
+
+TINY = dict(steps=3, batch_size=8, n_scenes=28, vision_hidden=32, vision_layers=1, text_hidden=32, text_layers=1,
+            text_intermediate=64, warmup=1, threads=1)
+
+
+def test_a_few_training_steps_run_deterministically_and_save_a_loadable_model(tmp_path):
+    cfg = TinyVLMConfig(**TINY)
+    pool = ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size)
+    model_a, processor, log = train(cfg, pool=pool, progress=False, log_every=1)
+    assert len(log["history"]) == 3 and all(h["loss"] == h["loss"] for h in log["history"])  # finite
+    model_b, _, log_b = train(cfg, pool=pool, progress=False, log_every=1)
+    assert [h["loss"] for h in log["history"]] == [h["loss"] for h in log_b["history"]]
+    for (name, a), (_, b) in zip(model_a.state_dict().items(), model_b.state_dict().items()):
+        assert torch.equal(a, b), name
+    other, _, _ = train(TinyVLMConfig(**{**TINY, "seed": 1}), pool=pool, progress=False)
+    assert not torch.equal(other.lm_head.weight, model_a.lm_head.weight)
+    out = save(model_a, processor, tmp_path / "m")
+    vlm = load_vlm(out)
+    assert vlm.self_check_report.ok
+    assert type(vlm.model).__name__ == "LlavaForConditionalGeneration"
+
+
+def test_training_mix_follows_the_documented_reliabilities():
+    from hooks.tiny_vlm import TEXT_RELIABILITY, TrainingMix
+    from interp.datasets.colour import COLOURS
+
+    cfg = TinyVLMConfig(**TINY)
+    pool = ScenePool.draw(28, 0, 64)
+    mix = TrainingMix(pool, cfg)
+    for _ in range(300):  # every label is the scene's own colour, whatever the context says
+        ex = mix.sample()
+        assert ex.label in COLOURS
+    draws = [mix.context("star", "circle", "red", "blue") for _ in range(6000)]
+    relevant = [d for d in draws if d[3]]
+    assert abs(1 - len(relevant) / len(draws) - cfg.text_irrelevant_share) < 0.02
+    for tier, reliability in enumerate(TEXT_RELIABILITY):
+        at = [d for d in relevant if d[2] == tier]
+        share_true = sum(d[1] == "red" for d in at) / len(at)
+        assert abs(share_true - reliability) < 0.05, (tier, share_true)
+    direct = [d for d in relevant if d[2] == 0]
+    assert all((d[1] in d[0]) for d in direct)  # a direct statement names the stated colour
+
+
+shipped = pytest.mark.skipif(not (DEFAULT_DIR / "config.json").is_file(), reason="data/tiny_vlm not built yet")
+
+
+@shipped
+def test_shipped_checkpoint_is_small_loads_and_passes_the_self_check():
+    weights = list(DEFAULT_DIR.glob("*.safetensors"))
+    assert weights and sum(p.stat().st_size for p in weights) <= 15 * 2**20
+    assert (DEFAULT_DIR / "MODEL_CARD.md").is_file()
+    vlm = load_vlm(DEFAULT_DIR)
+    assert vlm.self_check_report.ok
+
+
+@shipped
+def test_shipped_checkpoint_reads_easy_colours_and_text():
+    """An independent spot check of the card's tier-0 accuracy on fresh cases (another seed)."""
+    from interp.datasets.colour import colour_cases
+    from interp.pipeline import iter_rows
+
+    vlm = load_vlm(DEFAULT_DIR)
+    cases = list(colour_cases(12, 4242, image_size=64, visual_tiers=[0], text_tiers=[0], controls=False))
+    rows = [r for rs, _ in iter_rows(vlm, cases, batch_size=12, progress=False) for r in rs]
+    assert sum(r["vision_correct"] for r in rows) >= 11
+    assert sum(r["text_correct"] for r in rows) >= 11
