@@ -69,6 +69,7 @@ class TinyVLMConfig:
     warmup: int = 100
     weight_decay: float = 0.01
     n_scenes: int = 12000
+    same_colour_share: float = 0.5
     text_reliability: tuple[float, ...] = TEXT_RELIABILITY
     text_irrelevant_share: float = 0.1
     mix: tuple[float, float, float] = (0.4, 0.25, 0.35)  # vision-only, text-only, both
@@ -136,8 +137,14 @@ class ScenePool:
     visual_tier: np.ndarray
 
     @classmethod
-    def draw(cls, n: int, seed: int, image_size: int, tiers: Sequence[int] = range(14)) -> "ScenePool":
-        from interp.datasets.colour import COLOURS, SHAPES, draw_colour_scene
+    def draw(cls, n: int, seed: int, image_size: int, tiers: Sequence[int] = range(14),
+             same_colour_share: float = 0.0) -> "ScenePool":
+        """`n` scenes, visual tiers in turn, drawn like the evaluation set except that in a
+        `same_colour_share` of them distractors may also take the target's colour **[ours]**:
+        in the evaluation set the target's colour is the one colour worn by a single object,
+        a shortcut that makes crowded scenes easy without finding the asked shape at all."""
+        from interp.datasets.colour import COLOUR_TIERS, COLOURS, SHAPES
+        from interp.datasets.drawing import draw_scene, resolve_size
 
         rng = np.random.default_rng([seed, 7])
         images, tc, ts, ac, ash, vt = [], [], [], [], [], []
@@ -146,8 +153,12 @@ class ScenePool:
             tier = tiers[i % len(tiers)]
             c, a = rng.choice(len(COLOURS), 2, replace=False)
             s, s_abs = rng.choice(len(SHAPES), 2, replace=False)
-            scene = draw_colour_scene(tier, SHAPES[s], COLOURS[c], COLOURS[a], np.random.default_rng([seed, 11, i]),
-                                      image_size, absent_shapes=(SHAPES[s_abs],))
+            same = rng.random() < same_colour_share
+            spec = COLOUR_TIERS[tier]
+            scene = draw_scene(spec, SHAPES[s], COLOURS[c], np.random.default_rng([seed, 11, i]),
+                               resolve_size(image_size, spec.default_size),
+                               distractor_shapes=[x for k, x in enumerate(SHAPES) if k not in (s, s_abs)],
+                               distractor_colours=[x for k, x in enumerate(COLOURS) if k != a and (same or k != c)])
             images.append(scene.image)
             tc.append(c), ts.append(s), ac.append(a), ash.append(s_abs), vt.append(tier)
         arr = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
@@ -261,7 +272,7 @@ def train(cfg: TinyVLMConfig, *, pool: ScenePool | None = None, log_every: int =
     processor = processor or build_processor(cfg)
     tok = processor.tokenizer
     model = model or build_model(cfg, len(tok))
-    pool = pool or ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size)
+    pool = pool or ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size, same_colour_share=cfg.same_colour_share)
     drawn_s = time.time() - start
     mix = TrainingMix(pool, cfg)
     label_ids = {c: tok.convert_tokens_to_ids(c) for c in ("red", "yellow", "blue", "green", "purple", "orange")}

@@ -149,10 +149,21 @@ with the shipped model."""
 
 
 def default_model() -> str:
-    """The shipped small trained VLM (data/tiny_vlm next to the packages)."""
+    """The shipped small trained VLM: data/tiny_vlm of a checkout, else the installed copy."""
     from pathlib import Path
 
-    return str(Path(__file__).resolve().parent.parent / "data" / "tiny_vlm")
+    checkout = Path(__file__).resolve().parent.parent / "data" / "tiny_vlm"
+    if (checkout / "config.json").is_file():
+        return str(checkout)
+    try:
+        from importlib.resources import files
+
+        installed = files("modality_lens_data") / "tiny_vlm"
+        if installed.joinpath("config.json").is_file():
+            return str(installed)
+    except ModuleNotFoundError:
+        pass
+    return str(checkout)
 
 
 def auto_image_size(processor: Any) -> int | None:
