@@ -161,7 +161,7 @@ def default_model() -> str:
         installed = files("modality_lens_data") / "tiny_vlm"
         if installed.joinpath("config.json").is_file():
             return str(installed)
-    except ModuleNotFoundError:
+    except (ModuleNotFoundError, NotADirectoryError, OSError):
         pass
     return str(checkout)
 

@@ -1,0 +1,1 @@
+"""Assets shipped with modality-lens; installed as the package `modality_lens_data` (tiny_vlm/: the default model)."""
