@@ -12,7 +12,8 @@ Methods, each producing the lens logits of every layer at the answer position (e
 Time: median of `repeats` rounds after a warm-up; rounds are interleaved (a, b, c, d, a, b, ...)
 so drift of the machine hits every method alike. Peak memory: the rise of the process's peak
 resident set (Linux `VmHWM`, reset through `/proc/self/clear_refs` before each method) over the
-resident set before the call; on CUDA, `torch.cuda.max_memory_allocated` over the allocated
+resident set before the call, after freed heap memory is handed back to the OS (glibc
+`malloc_trim`); on CUDA, `torch.cuda.max_memory_allocated` over the allocated
 memory before the call. Both are reported as ratios to ``plain``.
 """
 
@@ -42,6 +43,20 @@ def _rss_kib(field: str) -> int | None:
     return None
 
 
+def _release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc), so the resident set counts live memory only.
+
+    Without this, memory freed by one method stays resident and the next method reuses it
+    without raising the peak, which would make later methods look free.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _reset_peak() -> bool:
     try:
         (_PROC / "clear_refs").write_text("5")
@@ -62,6 +77,7 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> float:
         peak = torch.cuda.max_memory_allocated(device)
         del out
         return float(peak - before)
+    _release_free_memory()
     if not _reset_peak():
         raise RuntimeError("peak memory on the CPU needs Linux /proc/self/clear_refs")
     before = _rss_kib("VmRSS")
