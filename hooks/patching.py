@@ -765,10 +765,24 @@ class SteeringDirection:
     minus: str
     n_plus: int
     n_minus: int
+    state_norms: Float[Tensor, " layer"] | None = None
+    """Mean norm of the states the difference was taken from (both sides), per layer."""
 
     @property
     def norms(self) -> Float[Tensor, " layer"]:
         return self.vectors.norm(dim=-1)
+
+    def relative(self) -> "SteeringDirection":
+        """The direction rescaled to the states' mean norm at each layer, so that `alpha` is a
+        fraction of a typical residual state **[ours]**: the raw mean difference can be tiny (an
+        instruction the model was never trained on) or large, and alpha would not carry over
+        between layers or models. A zero vector stays zero."""
+        if self.state_norms is None:
+            raise ValueError("this direction has no state norms; build it with mean_difference")
+        scale = torch.where(self.norms > 0, self.state_norms.to(self.vectors) / self.norms.clamp_min(1e-30),
+                            torch.zeros_like(self.norms))
+        return SteeringDirection(self.vectors * scale[:, None], self.plus, self.minus, self.n_plus, self.n_minus,
+                                 self.state_norms)
 
 
 def _check_words(tokenizer: Any, text: str) -> None:
@@ -804,7 +818,9 @@ def mean_difference(vlm: "VLM", plus: PassBatch, minus: PassBatch, *, plus_name:
                     minus_name: str = "minus") -> SteeringDirection:
     """Per-layer mean difference of the last-position `resid_post` states of two batches."""
     a, b = _last_states(vlm, plus), _last_states(vlm, minus)
-    return SteeringDirection((a.mean(0) - b.mean(0)).to(vlm.dtype), plus_name, minus_name, len(plus), len(minus))
+    norms = torch.cat([a, b]).norm(dim=-1).mean(0)
+    return SteeringDirection((a.mean(0) - b.mean(0)).to(vlm.dtype), plus_name, minus_name, len(plus), len(minus),
+                             norms)
 
 
 def instruction_direction(

@@ -374,6 +374,12 @@ def test_instruction_direction_is_the_mean_difference_of_hidden_states(vlm):
         states.append(torch.stack([h[:, -1] for h in hidden[1:-1]] + [last[:, -1]], dim=1))  # (batch, layer, d)
     want = states[0].mean(0) - states[1].mean(0)
     assert torch.allclose(direction.vectors, want, atol=1e-5)
+    assert torch.allclose(direction.state_norms, torch.cat(states).norm(dim=-1).mean(0), atol=1e-5)
+    relative, moved = direction.relative(), direction.norms > 0
+    assert torch.allclose(relative.norms[moved], direction.state_norms[moved], rtol=1e-5)
+    assert (relative.norms[~moved] == 0).all()
+    cosine = torch.nn.functional.cosine_similarity(relative.vectors[moved], direction.vectors[moved], dim=-1)
+    assert torch.allclose(cosine, torch.ones_like(cosine), atol=1e-5)
     assert direction.n_plus == direction.n_minus == len(TARGET)
 
 
