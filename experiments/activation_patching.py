@@ -23,9 +23,13 @@ change of logit(text) - logit(vision) at the answer position is recorded. Writes
    log p(donor colour), per layer, in the vision-only and the conflict pass;
 2. knockout: blocking attention to the context tokens (from the answer position, and from
    every position after the context) in all layers lowers text-following: TFR before/after;
-3. steering: an MC² instruction direction ("use the text to answer ." minus "use the image to
-   answer .", estimated on the first half of the cases) added with -alpha, 0, +alpha at the
-   answer position of the second half's conflict pass: TFR and balance point per alpha.
+3. steering: a direction estimated on 120 conflict cases covering every (image colour, text
+   colour) pair, added with -alpha, 0, +alpha at the answer position of 120 held-out cases'
+   conflict pass (layers of the second half of the model): TFR and balance point per alpha.
+   Two directions: the MC² instruction contrast ("use the text to answer ." minus "use the
+   image to answer ." prepended to the question) and a relevance contrast (conflict cases
+   minus their text-irrelevant controls). Alpha is a fraction of the mean state norm at each
+   layer (`SteeringDirection.relative`).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ REPO = Path(__file__).resolve().parent.parent
 TRAINED = REPO / "data" / "tiny_vlm"
 VISUAL_TIERS = (0, 2, 5, 7, 9, 11)
 TEXT_TIERS = (0, 1, 2)
+STEER_VISUAL_TIERS = (2, 7)
+STEER_TEXT_TIERS = (0, 2)
 
 
 def default_model() -> str:
@@ -201,23 +207,63 @@ def knockout_effect(vlm: Any, cases: Sequence[Any]) -> dict[str, Any]:
     return out
 
 
-def steering_measurement(vlm: Any, cases: Sequence[Any], alpha: float, layers: Sequence[int] | None,
-                         text_instruction: str, image_instruction: str, correct_only: bool) -> dict[str, Any]:
-    """Direction from the first half of the cases, TFR / balance point on the second half."""
-    from hooks.patching import instruction_direction, steering_effect
+def steering_cases(seed: int) -> tuple[list[Any], list[Any], list[Any]]:
+    """(fit conflict cases, their text-irrelevant controls, held-out conflict cases), colour-balanced.
 
-    half = len(cases) // 2
-    fit, held = cases[:half], cases[half:]
-    direction = instruction_direction(vlm, [prompt_item(c) for c in fit], text_instruction=text_instruction,
-                                      image_instruction=image_instruction)
+    Groups 0..29 of the colour set use each ordered (image colour, text colour) pair once, and
+    so do groups 30..59: the fit half and the held-out half each cover all 30 pairs. This
+    matters **[ours, measured]**: a mean difference estimated on a few groups carries those
+    groups' answer colours, and adding it moves the held-out cases whose colours overlap,
+    which reads as a (spurious) strong change of TFR of either sign.
+    """
+    from interp.datasets.colour import colour_cases
+
+    cases = list(colour_cases(60, seed, image_size=64, visual_tiers=STEER_VISUAL_TIERS, text_tiers=STEER_TEXT_TIERS,
+                              controls=True))
+    group = lambda c: int(c.group_id.rsplit("g", 1)[-1])  # noqa: E731
+    fit = [c for c in cases if c.control is None and group(c) < 30]
+    fit_controls = [c for c in cases if c.control == "text_irrelevant" and group(c) < 30]
+    held = [c for c in cases if c.control is None and group(c) >= 30]
+    return fit, fit_controls, held
+
+
+def steering_measurement(vlm: Any, seed: int, alphas: Sequence[float], layers: Sequence[int] | None,
+                         text_instruction: str, image_instruction: str, correct_only: bool,
+                         kind: str = "instruction", relative: bool = True) -> dict[str, Any]:
+    """A direction from the fit half, TFR / balance point under steering on the held-out half.
+
+    kind "instruction": MC², `text_instruction` minus `image_instruction` prepended to the
+    question of the fit cases. kind "relevance": the fit conflict cases minus their
+    text-irrelevant controls (same images and colours; only whether the context speaks of the
+    asked shape differs), a direction of "the text is about the question" that needs no
+    instruction the model was never trained on.
+    """
+    from hooks.patching import instruction_direction, mean_difference, steering_effect
+
+    fit, fit_controls, held = steering_cases(seed)
+    if kind == "instruction":
+        direction = instruction_direction(vlm, [prompt_item(c) for c in fit], text_instruction=text_instruction,
+                                          image_instruction=image_instruction)
+    else:
+        direction = mean_difference(vlm, vlm.passes([prompt_item(c) for c in fit], ("conflict",))["conflict"],
+                                    vlm.passes([prompt_item(c) for c in fit_controls], ("conflict",))["conflict"],
+                                    plus_name="conflict cases", minus_name="their text-irrelevant controls")
+    raw_norms = direction.norms
+    if relative:
+        direction = direction.relative()
     if layers is None:
         layers = list(range(vlm.n_layers // 2, vlm.n_layers))
+    signed = sorted({float(s * a) for a in alphas for s in (-1, 1)})
     report = steering_effect(vlm, [prompt_item(c) for c in held], pairs_for(vlm.tokenizer, [(c, None) for c in held]),
-                             direction, alphas=(-alpha, alpha), layers=layers, correct_only=correct_only)
-    print(f"steering: direction norms per layer {[round(float(x), 3) for x in direction.norms]}")
+                             direction, alphas=signed, layers=layers, correct_only=correct_only)
+    unit = "x the mean state norm" if relative else "x the raw mean difference"
+    print(f"steering with the {kind} direction ({direction.plus!r} minus {direction.minus!r}; fit on {len(fit)} "
+          f"cases), alpha {unit}; raw difference norms {[round(float(x), 3) for x in raw_norms]}, state norms "
+          f"{[round(float(x), 2) for x in direction.state_norms]}")
     print(report)
-    return {"direction_norms": direction.norms.tolist(), "text_instruction": text_instruction,
-            "image_instruction": image_instruction, "n_fit": len(fit), **report.to_dict()}
+    return {"direction": kind, "plus": direction.plus, "minus": direction.minus, "alpha_unit": unit,
+            "raw_direction_norms": raw_norms.tolist(), "state_norms": direction.state_norms.tolist(),
+            "n_fit": len(fit), **report.to_dict()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -229,8 +275,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the colour set")
     parser.add_argument("--site", default="resid_post", choices=("resid_pre", "resid_post", "attn_out", "mlp_out"))
     parser.add_argument("--effects", action="store_true", help="also run the three effect measurements")
-    parser.add_argument("--n-effect-cases", type=int, default=96, help="conflict cases for the effect measurements")
-    parser.add_argument("--alpha", type=float, default=4.0, help="steering strength (run as -alpha, 0, +alpha)")
+    parser.add_argument("--n-effect-cases", type=int, default=96, help="conflict cases for the image-swap and knockout measurements")
+    parser.add_argument("--alpha", type=float, nargs="+", default=[0.1, 0.3],
+                        help="steering strengths, each run as -alpha and +alpha (and 0); fractions of the mean state "
+                             "norm at each layer unless --raw-alpha")
+    parser.add_argument("--raw-alpha", action="store_true", help="alpha multiplies the raw mean difference")
+    parser.add_argument("--direction", choices=("instruction", "relevance", "both"), default="both",
+                        help="instruction: MC² 'use the text' minus 'use the image'; relevance: conflict cases minus "
+                             "their text-irrelevant controls; both (default)")
     parser.add_argument("--steer-layers", type=int, nargs="*", default=None,
                         help="decoder layers to steer (default: the second half)")
     parser.add_argument("--text-instruction", default=None)
@@ -258,10 +310,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "model": vlm.source,
             "image_swap": image_swap_effect(vlm, cases),
             "knockout": knockout_effect(vlm, cases),
-            "steering": steering_measurement(
-                vlm, cases, args.alpha, args.steer_layers, args.text_instruction or TEXT_INSTRUCTION,
-                args.image_instruction or IMAGE_INSTRUCTION, correct_only=not args.all_cases),
         }
+        kinds = ("instruction", "relevance") if args.direction == "both" else (args.direction,)
+        for kind in kinds:
+            effects[f"steering_{kind}"] = steering_measurement(
+                vlm, args.seed + 2, args.alpha, args.steer_layers, args.text_instruction or TEXT_INSTRUCTION,
+                args.image_instruction or IMAGE_INSTRUCTION, correct_only=not args.all_cases, kind=kind,
+                relative=not args.raw_alpha)
         (out / "effects.json").write_text(json.dumps(_finite(effects), indent=1))
         print(f"effects written to {out / 'effects.json'} ({time.perf_counter() - start:.1f} s)")
     return 0
