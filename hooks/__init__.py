@@ -25,3 +25,27 @@ def _install_filter() -> None:
 
 
 _install_filter()
+
+# The public surface, imported on first use (PEP 562) so `import hooks.adapters` stays light.
+_EXPORTS = {
+    "load_vlm": "hooks.loading", "VLM": "hooks.loading", "ModelSourceError": "hooks.loading",
+    "Adapter": "hooks.adapters", "register_adapter": "hooks.adapters", "supported_classes": "hooks.adapters",
+    "PromptItem": "hooks.prompts", "Geometry": "hooks.prompts", "PassBatch": "hooks.prompts",
+    "append_tokens": "hooks.prompts",
+    "lens": "hooks.taps", "LensResult": "hooks.taps", "project": "hooks.taps",
+    "tiny_model": "hooks.tiny",
+    "patch": "hooks.patching", "patching_sweep": "hooks.patching", "plot_patching": "hooks.patching",
+    "knockout": "hooks.patching", "instruction_direction": "hooks.patching", "mean_difference": "hooks.patching",
+    "steer": "hooks.patching", "steering_effect": "hooks.patching", "PositionMap": "hooks.patching",
+    "PatchingError": "hooks.patching",
+    "bridge_for": "hooks.tl_backend", "tl_lens": "hooks.tl_backend",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'hooks' has no attribute {name!r}")

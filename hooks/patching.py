@@ -58,7 +58,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from hooks.prompts import PassBatch, PromptItem, append_tokens
-from hooks.taps import _accepts_logits_to_keep, _check_required
+from hooks.taps import accepts_logits_to_keep, check_required_inputs
 from interp.candidates import CandidatePair
 from interp.errors import CaseError, ModalityLensError
 from interp.uncertainty import entropy as full_entropy
@@ -400,7 +400,7 @@ def _trace(vlm: "VLM", inputs: Mapping[str, Any], plan: _Plan):
     """One forward with the plan's masks, writes and saves; kept a plain function body (nnsight
     compiles it from source). Returns the last-position logits and the saved site values."""
     kwargs = dict(inputs)
-    if _accepts_logits_to_keep(vlm.model):
+    if accepts_logits_to_keep(vlm.model):
         kwargs["logits_to_keep"] = 1
     skipped = vlm.adapter.skipped_layers(vlm.model, "pixel_values" in inputs)
     for layer in plan.layers:
@@ -409,7 +409,7 @@ def _trace(vlm: "VLM", inputs: Mapping[str, Any], plan: _Plan):
                                 "without an image); choose another layer")
     attn_names = {l: _sublayer(vlm, l, "attn_out") for l in plan.layers if plan.touches(l, "attn_out")}
     mlp_names = {l: _sublayer(vlm, l, "mlp_out") for l in plan.layers if plan.touches(l, "mlp_out")}
-    _check_required(vlm, inputs)
+    check_required_inputs(vlm, inputs)
     vlm.adapter.reset_state(vlm.model)
     saved: dict[tuple[int, str], Any] = {}
     out = []

@@ -90,10 +90,6 @@ def check_required_inputs(vlm: "VLM", inputs: Mapping[str, Any]) -> None:
             "silently computes other logits); build inputs with hooks.prompts / the model's processor")
 
 
-# old private names, still imported by code in progress
-_accepts_logits_to_keep, _check_required = accepts_logits_to_keep, check_required_inputs
-
-
 def _trace(vlm: "VLM", inputs: Mapping[str, Any], keep_logits: bool, cand: Tensor | None, top_k: int):
     """The nnsight trace itself; kept a plain function body (nnsight compiles it from source)."""
     kwargs = dict(inputs)

@@ -1,3 +1,29 @@
 """modality-lens analysis package: pure functions over arrays (no transformers, no nnsight)."""
 
 __version__ = "0.1.0"
+
+# The public surface, imported on first use (PEP 562).
+_EXPORTS = {
+    "entropy": "interp.uncertainty", "dh_rel": "interp.uncertainty", "nmlp_confidence": "interp.uncertainty",
+    "candidate_entropy": "interp.uncertainty", "one_minus_max_p": "interp.uncertainty",
+    "top2_margin": "interp.uncertainty",
+    "label_following": "interp.following", "tfr_vfr": "interp.following", "correct_in_both": "interp.following",
+    "fit_following": "interp.curves", "robustness_split": "interp.curves",
+    "count_switches": "interp.oscillation", "region_labels": "interp.oscillation",
+    "summarise_oscillations": "interp.oscillation",
+    "candidate_pair": "interp.candidates", "trajectory_from_logits": "interp.logit_lens",
+    "trajectories": "interp.logit_lens",
+    "run": "interp.pipeline", "iter_rows": "interp.pipeline", "process_batch": "interp.pipeline",
+    "default_model": "interp.pipeline",
+    "RunDir": "interp.records", "summarise": "interp.summary",
+    "CaseError": "interp.errors", "ModalityLensError": "interp.errors",
+}
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'interp' has no attribute {name!r}")
