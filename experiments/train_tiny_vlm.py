@@ -69,7 +69,11 @@ known, not to draw conclusions about large models.
 ## Training data
 
 Drawn by `interp.datasets.colour` at {image_size} px from {n_scenes} pre-drawn scenes (every visual tier
-equally often). Per example: vision-only (share {mix_v}), text-only ({mix_t}) or both ({mix_b}).
+equally often; during the first {curriculum:.0%} of the steps only visual tiers 0-{curriculum_tier}, without
+which the vision pathway stayed at chance). In {same_colour:.0%} of the scenes distractors may also wear the
+target's colour, so that "the colour worn by one object only" is no shortcut to the answer (in the
+evaluation set, as in the paper, it always is). Per example: vision-only (share {mix_v}), text-only
+({mix_t}) or both ({mix_b}).
 The label is always the scene's true colour. Contexts state the true colour with probability
 {reliability} at text tiers 0-3 and another colour otherwise (a wrong colour is absent from the
 image, as in the evaluation set); {irrelevant:.0%} of contexts speak of another shape. No example is
@@ -104,7 +108,8 @@ def write_card(out: Path, cfg: TinyVLMConfig, log: dict, m: dict, eval_seed: int
         text_layers=cfg.text_layers, text_hidden=cfg.text_hidden, vocab=len(vlm.tokenizer), seed=cfg.seed,
         steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, weight_decay=cfg.weight_decay,
         wall_min=log["wall_s"] / 60, threads=cfg.threads, machine=platform.machine(), torch=torch.__version__,
-        n_scenes=cfg.n_scenes, mix_v=cfg.mix[0], mix_t=cfg.mix[1], mix_b=cfg.mix[2],
+        n_scenes=cfg.n_scenes, curriculum=cfg.curriculum_share, curriculum_tier=cfg.curriculum_max_tier,
+        same_colour=cfg.same_colour_share, mix_v=cfg.mix[0], mix_t=cfg.mix[1], mix_b=cfg.mix[2],
         reliability=", ".join(f"{r:.2f}" for r in cfg.text_reliability), irrelevant=cfg.text_irrelevant_share,
         eval_seed=eval_seed, eval_n=eval_n, table=metrics_table(m),
     )
@@ -121,7 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-n", type=int, default=6, help="held-out groups per (visual, text) tier cell")
     parser.add_argument("--metrics-only", type=Path, default=None, metavar="DIR",
                         help="evaluate an existing checkpoint instead of training")
+    parser.add_argument("--write-card", type=Path, default=None, metavar="DIR",
+                        help="rewrite DIR/MODEL_CARD.md from DIR/training.json (no training)")
     args = parser.parse_args(argv)
+    if args.write_card is not None:
+        record = json.loads((args.write_card / "training.json").read_text())
+        cfg = TinyVLMConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items()})
+        write_card(args.write_card, cfg, record["log"], record["metrics"], args.eval_seed, args.eval_n)
+        return 0
 
     from hooks.loading import load_vlm
 
