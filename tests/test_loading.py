@@ -69,10 +69,11 @@ def test_directory_without_processor(tmp_path):
         load_vlm(tmp_path)
 
 
-def test_hub_id_offline_gives_a_clear_error(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelSourceError, match="org/name|hub model"):
-        load_vlm("modality-lens-test/no-such-model")
+def test_hub_id_offline_gives_a_clear_error():
+    # huggingface_hub reads HF_HUB_OFFLINE when it is imported, so this runs in a fresh process
+    done = _cli("check", "modality-lens-test/no-such-model")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "hub model 'modality-lens-test/no-such-model'" in done.stderr
     with pytest.raises(ModelSourceError, match="neither an existing directory"):
         load_vlm("./no/such/dir")
 

@@ -96,8 +96,12 @@ def test_resume_on_a_foreign_run_is_refused_and_nothing_is_lost(tmp_path):
     assert "--resume refused" in err and "seed" in err and "model" in err
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
     assert after == before
-    code, _, err = _finish(_cli("run", *RUN_ARGS, "--out", str(out)))  # no --resume on a full directory
-    assert code == 2 and "not empty" in err
+    from interp.errors import RunDirError
+    from interp.pipeline import run
+
+    with pytest.raises(RunDirError, match="not empty"):  # no --resume on a full directory
+        run(model="tiny:llava", limit=8, n_per_cell=1, seed=3, out=str(out), progress=False)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == before
 
 
 def test_unknown_model_directory(tmp_path):
