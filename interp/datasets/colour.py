@@ -28,7 +28,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from interp.datasets.case import CONTROLS, Case
+from interp.datasets.case import CONTROLS, Case, generate_cases
 from interp.datasets.drawing import COLOURS, SHAPES, Scene, TierSpec, draw_scene, resolve_size
 from interp.datasets.text import COLOUR_QUESTION, COLOUR_SYNONYMS, TEXT_TIERS, text_context
 
@@ -171,26 +171,15 @@ def colour_cases(
 
 
 def _colour_cases(n_per_cell, seed, image_size, visual_tiers, text_tiers, controls, validate_cases):
-    from interp.datasets.validate import validate
+    def draw(group, g, vt):
+        case_seed = scene_seed(seed, g, vt)
+        return case_seed, draw_colour_scene(
+            vt, group.target_shape, group.image_colour, group.text_colour,
+            np.random.default_rng(case_seed), image_size, absent_shapes=(group.absent_shape,),
+        )
 
-    kinds = CONTROLS if controls else (None,)
-    for g in range(int(n_per_cell)):
-        group = colour_group(seed, g)
-        for vt in visual_tiers:
-            case_seed = scene_seed(seed, g, vt)
-            scene = draw_colour_scene(
-                vt, group.target_shape, group.image_colour, group.text_colour,
-                np.random.default_rng(case_seed), image_size, absent_shapes=(group.absent_shape,),
-            )
-            image_name = f"colour-g{g:05d}-v{vt:02d}.png"
-            first = True
-            for tt in text_tiers:
-                for kind_index, kind in enumerate(kinds):
-                    case = colour_case(group, vt, tt, kind, case_seed, scene, image_name)
-                    if validate_cases:
-                        validate(case, check_image=first)
-                    first = False
-                    yield case
+    return generate_cases(n_per_cell, visual_tiers, text_tiers, controls, validate_cases, prefix="colour",
+                          make_group=lambda g: colour_group(seed, g), draw=draw, make_case=colour_case)
 
 
 def colour_case(

@@ -31,7 +31,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from interp.datasets.case import CONTROLS, Case
+from interp.datasets.case import CONTROLS, Case, generate_cases
 from interp.datasets.colour import KIND_NAMES, check_arguments, check_seed, derive_seed
 from interp.datasets.drawing import COLOURS, SHAPES, Scene, TierSpec, draw_scene, resolve_size
 from interp.datasets.text import SHAPE_QUESTION, SHAPE_SYNONYMS, shape_text_context
@@ -111,26 +111,15 @@ def shape_cases(
 
 
 def _shape_cases(n_per_cell, seed, image_size, visual_tiers, text_tiers, controls, validate_cases):
-    from interp.datasets.validate import validate
+    def draw(group, g, vt):
+        case_seed = shape_scene_seed(seed, g, vt)
+        return case_seed, draw_shape_scene(
+            vt, group.image_shape, group.target_colour, group.text_shape,
+            np.random.default_rng(case_seed), image_size, absent_colours=(group.absent_colour,),
+        )
 
-    kinds = CONTROLS if controls else (None,)
-    for g in range(int(n_per_cell)):
-        group = shape_group(seed, g)
-        for vt in visual_tiers:
-            case_seed = shape_scene_seed(seed, g, vt)
-            scene = draw_shape_scene(
-                vt, group.image_shape, group.target_colour, group.text_shape,
-                np.random.default_rng(case_seed), image_size, absent_colours=(group.absent_colour,),
-            )
-            image_name = f"shape-g{g:05d}-v{vt:02d}.png"
-            first = True
-            for tt in text_tiers:
-                for kind in kinds:
-                    case = shape_case(group, vt, tt, kind, case_seed, scene, image_name)
-                    if validate_cases:
-                        validate(case, check_image=first)
-                    first = False
-                    yield case
+    return generate_cases(n_per_cell, visual_tiers, text_tiers, controls, validate_cases, prefix="shape",
+                          make_group=lambda g: shape_group(seed, g), draw=draw, make_case=shape_case)
 
 
 def shape_case(
