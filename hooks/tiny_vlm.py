@@ -40,7 +40,7 @@ __all__ = ["TinyVLMConfig", "TEXT_RELIABILITY", "build_tokenizer", "build_proces
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny_vlm"
 
-TEXT_RELIABILITY: tuple[float, ...] = (0.9, 0.75, 0.6, 0.45)
+TEXT_RELIABILITY: tuple[float, ...] = (0.97, 0.9, 0.8, 0.65)
 """P(the context states the true colour) per text tier, in training **[ours]**."""
 
 # words a researcher's prompts around the colour task may use (steering instructions, etc.)
@@ -63,18 +63,18 @@ class TinyVLMConfig:
     text_layers: int = 4
     text_heads: int = 4
     text_intermediate: int = 384
-    steps: int = 1500
+    steps: int = 2500
     batch_size: int = 48
     lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.01
     n_scenes: int = 12000
-    same_colour_share: float = 0.5
+    same_colour_share: float = 0.8
     text_reliability: tuple[float, ...] = TEXT_RELIABILITY
     text_irrelevant_share: float = 0.1
-    mix: tuple[float, float, float] = (0.4, 0.25, 0.35)  # vision-only, text-only, both
+    mix: tuple[float, float, float] = (0.5, 0.2, 0.3)  # vision-only, text-only, both
     threads: int = 2
-    curriculum_share: float = 0.2  # first share of the steps: visual tiers 0..curriculum_max_tier only
+    curriculum_share: float = 0.15  # first share of the steps: visual tiers 0..curriculum_max_tier only
     curriculum_max_tier: int = 4
 
     def to_dict(self) -> dict[str, Any]:
