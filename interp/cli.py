@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seeds the built-in dataset's generation and every bootstrap (default 0)")
     run.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     run.add_argument("--n-per-cell", type=int, default=None,
-                     help="built-in sets: groups per (visual, text) tier cell (default 6)")
+                     help="built-in sets: groups per (visual, text) tier cell (default 16)")
     run.add_argument("--image-size", type=_image_size, default="auto",
                      help="built-in sets: auto (the model's input size if square and <= 224 px), paper, or pixels")
     _add_model_options(run)
