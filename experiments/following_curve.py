@@ -1,6 +1,6 @@
 """Following curve of a model on the built-in colour-conflict set, through the public API.
 
-    python experiments/following_curve.py                      # the shipped model, ~1 min
+    python experiments/following_curve.py                      # the shipped model, ~1 min on 2 cores
     python experiments/following_curve.py --model DIR --n-per-cell 10 --out curve.png
 
 Runs the three passes of every conflict case, keeps the cases answered correctly in both
@@ -20,7 +20,7 @@ from interp.pipeline import auto_image_size, default_model, iter_rows
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--model", default=default_model())
-parser.add_argument("--n-per-cell", type=int, default=6)
+parser.add_argument("--n-per-cell", type=int, default=16)
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--out", default="following_curve.png")
 args = parser.parse_args()

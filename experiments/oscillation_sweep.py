@@ -1,6 +1,6 @@
 """Oscillation sweep: how often the layer-wise prediction flips between the text and the image answer.
 
-    python experiments/oscillation_sweep.py                      # the shipped model, ~1 min
+    python experiments/oscillation_sweep.py                      # the shipped model, ~1 min on 2 cores
     python experiments/oscillation_sweep.py --widths 0.25 0.5 1.0 --model DIR
 
 For every conflict case the logit lens reads the top-1 token at each decoder layer of the
@@ -24,7 +24,7 @@ from interp.pipeline import auto_image_size, default_model, iter_rows
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--model", default=default_model())
-parser.add_argument("--n-per-cell", type=int, default=5)
+parser.add_argument("--n-per-cell", type=int, default=16)
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--widths", type=float, nargs="+", default=[0.25, 0.5, 1.0])
 args = parser.parse_args()
