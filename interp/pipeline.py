@@ -172,13 +172,18 @@ def auto_image_size(processor: Any) -> int | None:
     224 px (small models would otherwise see a centre crop of an 800x600 scene), else at the
     paper's sizes (None)."""
     ip = getattr(processor, "image_processor", None)
-    crop = getattr(ip, "crop_size", None) or getattr(ip, "size", None) or {}
-    if isinstance(crop, dict):
-        h, w = crop.get("height"), crop.get("width")
-        if h is None and "shortest_edge" in crop:
-            h = w = crop["shortest_edge"]
-        if h and w and h == w and h <= 224:
-            return int(h)
+
+    def field(size: Any, key: str) -> Any:  # a dict, or transformers' SizeDict (attributes)
+        return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+    for size in (getattr(ip, "crop_size", None), getattr(ip, "size", None)):
+        if size is None:
+            continue
+        h, w = field(size, "height"), field(size, "width")
+        if h is None and w is None and field(size, "shortest_edge"):
+            h = w = field(size, "shortest_edge")
+        if h and w:
+            return int(h) if h == w and h <= 224 else None
     return None
 
 

@@ -150,3 +150,18 @@ def test_case_whose_answers_tokenise_identically(tmp_path):
     assert "bad-case" in err and "identical tokens" in err
     assert not out.exists()
     assert isinstance(CaseError("x"), ModalityLensError)
+
+
+def test_built_in_scenes_are_drawn_at_the_model_input_size():
+    """The shipped model takes 64 px images: the built-in set must be drawn at 64 px, not
+    at 800x600 and centre-cropped by the processor (which cuts off targets)."""
+    from hooks.tiny import tiny_model
+    from interp.pipeline import auto_image_size, default_model
+
+    from hooks.loading import load_vlm
+
+    if Path(default_model(), "config.json").is_file():
+        assert auto_image_size(load_vlm(default_model(), self_check=False).processor) == 64
+    assert auto_image_size(tiny_model("llava")[1]) == 32           # CLIP crop 32 x 32
+    assert auto_image_size(tiny_model("llava", size="mid")[1]) is None  # 336 px: the paper's sizes
+    assert auto_image_size(tiny_model("gemma3")[1]) == 32           # size {height, width}
