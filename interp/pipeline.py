@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator, Sequence
 
-import numpy as np
 
 from interp.candidates import CandidatePair, candidate_pair
 from interp.errors import CaseError
@@ -28,18 +27,10 @@ from interp.logit_lens import Trajectory, trajectories
 from interp.oscillation import count_switches
 from interp.uncertainty import dh_rel
 
-__all__ = ["run", "process_batch", "iter_rows", "case_item", "load_cases", "default_model", "CASE_COLUMNS", "LAYER_COLUMNS"]
+__all__ = ["run", "process_batch", "iter_rows", "case_item", "load_cases", "default_model"]
 
-PASS_NAMES = ("vision", "text", "conflict")
-
-CASE_COLUMNS = (
-    "case_id", "group_id", "task", "visual_tier", "text_tier", "control", "image_answer", "text_answer",
-    "y_v", "y_t", "y_m", "class_v", "class_t", "class_m", "vision_correct", "text_correct",
-    "h_v", "h_t", "dh_rel", "label", "kept", "drop_reason", "oscillations",
-    "p_text_m", "p_vision_m", "logit_diff_m", "divergence_position",
-)
-LAYER_COLUMNS = ("case_id", "pass", "layer", "class", "top1", "p_text", "p_vision", "logit_diff", "entropy")
-
+PASS_NAMES = ("vision", "text", "conflict")  # hooks.prompts.PASSES, without importing torch here
+# The row schemas are interp.records.CASE_SCHEMA and LAYER_SCHEMA.
 
 def case_item(case: Any) -> Any:
     """The `hooks.prompts.PromptItem` of a dataset case: question + instruction, context, image."""
@@ -131,13 +122,6 @@ def iter_rows(vlm: Any, cases: Iterable[Any], *, batch_size: int = 16, progress:
             bar.update(len(chunk))
     finally:
         bar.close()
-
-
-def rows_to_columns(rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Column arrays of a list of row dicts (for quick analysis without pyarrow)."""
-    if not rows:
-        return {}
-    return {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]}
 
 
 # ----------------------------------------------------------------------------- a whole run
