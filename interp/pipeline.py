@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator, Sequence
 
-
 from interp.candidates import CandidatePair, candidate_pair
 from interp.errors import CaseError
 from interp.following import correct_in_both
@@ -31,6 +30,7 @@ __all__ = ["run", "process_batch", "iter_rows", "case_item", "load_cases", "defa
 
 PASS_NAMES = ("vision", "text", "conflict")  # hooks.prompts.PASSES, without importing torch here
 # The row schemas are interp.records.CASE_SCHEMA and LAYER_SCHEMA.
+
 
 def case_item(case: Any) -> Any:
     """The `hooks.prompts.PromptItem` of a dataset case: question + instruction, context, image."""
