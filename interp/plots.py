@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from jaxtyping import Float, Int
 from matplotlib.axes import Axes
+from matplotlib.ticker import MaxNLocator
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
@@ -354,6 +355,7 @@ def plot_trajectories(run: "RunDir | str | Path | RunData", out: str | Path, per
             ax.set_title(f"{name}: {case['case_id']}\nΔH_rel {case['dh_rel']:.2f}, answer {case['label']}, "
                          f"{'?' if osc is None else osc} switch(es)", fontsize=8)
             ax.tick_params(labelsize=7)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
             if i == len(names) - 1:
                 ax.set_xlabel("layer", fontsize=8)
             if j == 0:
