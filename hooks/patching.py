@@ -928,6 +928,31 @@ class SteeringReport:
         a, b = self.row(alpha).ratios.tfr, self.row(0.0).ratios.tfr
         return None if a is None or b is None else a - b
 
+    def tfr_shift_ci(self, alpha: float, *, level: float = 0.95, n_boot: int = 2000,
+                     seed: int = 0) -> tuple[float, float] | None:
+        """Paired percentile bootstrap interval of `tfr_shift(alpha)`: the kept cases are
+        resampled together for both alphas (each case answers under every alpha). None when the
+        shift is undefined or a resample leaves either TFR undefined in more than 5% of draws."""
+        if self.tfr_shift(alpha) is None:
+            return None
+        idx = np.flatnonzero(np.asarray(self.kept, dtype=bool))
+        rng = np.random.default_rng(seed)
+        draws = idx[rng.integers(0, len(idx), size=(n_boot, len(idx)))]
+
+        def tfr(labels: tuple[str, ...]) -> np.ndarray:
+            lab = np.asarray(labels)
+            text = (lab[draws] == "text").sum(1)
+            both = text + (lab[draws] == "vision").sum(1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(both > 0, text / np.maximum(both, 1), np.nan)
+
+        shift = tfr(self.row(alpha).labels) - tfr(self.row(0.0).labels)
+        ok = shift[np.isfinite(shift)]
+        if len(ok) < 0.95 * n_boot:
+            return None
+        tail = (1 - level) / 2 * 100
+        return float(np.percentile(ok, tail)), float(np.percentile(ok, 100 - tail))
+
     def balance_shift(self, alpha: float) -> float | None:
         """balance point(alpha) - balance point(0), or None when either has none."""
         a, b = self.row(alpha).curve.balance_point, self.row(0.0).curve.balance_point
@@ -937,6 +962,7 @@ class SteeringReport:
         return {
             "layers": list(self.layers), "where": self.where, "n_cases": self.n_cases, "n_kept": self.n_kept,
             "rows": [{"alpha": r.alpha, "tfr": r.ratios.tfr, "tfr_shift": self.tfr_shift(r.alpha),
+                      "tfr_shift_ci": self.tfr_shift_ci(r.alpha) if r.alpha != 0 else None,
                       "balance_point": r.curve.balance_point, "balance_shift": self.balance_shift(r.alpha),
                       "curve_status": r.curve.status, "mean_logit_diff": r.mean_logit_diff,
                       "ratios": r.ratios.to_dict(), "labels": list(r.labels)} for r in self.rows],
@@ -947,6 +973,10 @@ class SteeringReport:
         for r in self.rows:
             tfr = "n/a" if r.ratios.tfr is None else f"{r.ratios.tfr:.3f}"
             bp = "n/a" if r.curve.balance_point is None else f"{r.curve.balance_point:+.3f}"
+            shift, ci = self.tfr_shift(r.alpha), self.tfr_shift_ci(r.alpha) if r.alpha != 0 else None
+            if r.alpha != 0:
+                tfr += " (shift n/a)" if shift is None else f" (shift {shift:+.3f}" + (
+                    f", 95% CI {ci[0]:+.3f} to {ci[1]:+.3f})" if ci else ", no CI)")
             lines.append(f"  alpha {r.alpha:+g}: TFR {tfr} (text {r.ratios.n_text}, vision {r.ratios.n_vision}, "
                          f"other {r.ratios.n_other}), balance point {bp} [{r.curve.status}], "
                          f"mean logit diff {r.mean_logit_diff:+.3f}")
