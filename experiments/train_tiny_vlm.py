@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from hooks.tiny_vlm import DEFAULT_DIR, TinyVLMConfig, evaluate, save, train
+from hooks.tiny_vlm import DEFAULT_DIR, INSTRUCTIONS, TinyVLMConfig, evaluate, save, train
 
 
 def metrics_table(m: dict) -> str:
@@ -42,6 +42,17 @@ def metrics_table(m: dict) -> str:
         f"- balance point {bp}" + (f" (95% CI {ci[0]:.3f} to {ci[1]:.3f})" if ci else "")
         + f"; isotonic 0.5 crossing {fc['isotonic_balance_point']}; status {fc['status']}",
     ]
+    ins = m.get("instruction_following")
+    if ins:
+        lines.append(
+            f"- instructed conflict pass ({ins['n']} cases, \"{INSTRUCTIONS[0].format(m='...')}\" before the question): "
+            f"\"text\" -> the text's colour {ins['text']['instructed']:.1%} (the image's {ins['text']['other']:.1%}); "
+            f"\"image\" -> the image's colour {ins['image']['instructed']:.1%} (the text's {ins['image']['other']:.1%})")
+        if ins.get("n_kept"):
+            lines.append(
+                f"- the same on the {ins['n_kept']} cases right in both unimodal passes: \"text\" -> the text's colour "
+                f"{ins['text']['kept_instructed']:.1%} (the image's {ins['text']['kept_other']:.1%}); \"image\" -> "
+                f"the image's colour {ins['image']['kept_instructed']:.1%} (the text's {ins['image']['kept_other']:.1%})")
     return "\n".join(lines)
 
 
@@ -72,13 +83,20 @@ Drawn by `interp.datasets.colour` at {image_size} px from {n_scenes} pre-drawn s
 equally often; during the first {curriculum:.0%} of the steps only visual tiers 0-{curriculum_tier}, without
 which the vision pathway stayed at chance). In {same_colour:.0%} of the scenes distractors may also wear the
 target's colour, so that "the colour worn by one object only" is no shortcut to the answer (in the
-evaluation set, as in the paper, it always is). Per example: vision-only (share {mix_v}), text-only
-({mix_t}) or both ({mix_b}).
-The label is always the scene's true colour. Contexts state the true colour with probability
-{reliability} at text tiers 0-3 and another colour otherwise (a wrong colour is absent from the
-image, as in the evaluation set); {irrelevant:.0%} of contexts speak of another shape. No example is
-labelled with the text's colour against the image: what the model does under conflict comes from
-what it learned about how reliable each modality is.
+evaluation set, as in the paper, it always is).
+
+Per example: with probability {instructed} an *instructed* example, else vision-only (share
+{mix_v}), text-only ({mix_t}) or both ({mix_b}).
+- Uninstructed examples: the label is always the scene's true colour. Contexts state the true
+  colour with probability {reliability} at text tiers 0-3 and another colour otherwise (a wrong
+  colour is absent from the image, as in the evaluation set); {irrelevant:.0%} of contexts speak of
+  another shape. No uninstructed example is labelled with the text's colour against the image:
+  what the model does under conflict without an instruction comes from what it learned about how
+  reliable each modality is.
+- Instructed examples: image + a relevant context + the question preceded by an instruction
+  naming a modality ({instructions}, with "text" or "image"). The context states a wrong colour
+  with probability {instructed_conflict}; the label is the named modality's colour. They give
+  the model a real "follow the text" / "follow the image" distinction for MC²-style steering.
 
 ## Held-out metrics
 
@@ -93,6 +111,11 @@ cases only (`python experiments/train_tiny_vlm.py --metrics-only data/tiny_vlm` 
 - Images other than flat-coloured shapes on white are out of distribution.
 - Text-following and vision-following here reflect the reliabilities chosen above; change
   `TEXT_RELIABILITY` in `hooks/tiny_vlm.py` and retrain to move the balance point.
+- It follows an instruction only in the phrasings it was trained on ({instructions}).
+- Vision is reliable at visual tier 0 only; on tiers 5-13 its entropy is close to chance (ln 6
+  = 1.79 nats), and tiers 5-6 (large distractors crowding the image) read harder than 7-8. The
+  rise of H_v with the tier is therefore carried by tiers 0-5, and its Spearman rho over all 14
+  tier means moves with the evaluation set's seed by ±0.1.
 """
 
 
@@ -111,7 +134,9 @@ def write_card(out: Path, cfg: TinyVLMConfig, log: dict, m: dict, eval_seed: int
         n_scenes=cfg.n_scenes, curriculum=cfg.curriculum_share, curriculum_tier=cfg.curriculum_max_tier,
         same_colour=cfg.same_colour_share, mix_v=cfg.mix[0], mix_t=cfg.mix[1], mix_b=cfg.mix[2],
         reliability=", ".join(f"{r:.2f}" for r in cfg.text_reliability), irrelevant=cfg.text_irrelevant_share,
-        eval_seed=eval_seed, eval_n=eval_n, table=metrics_table(m),
+        eval_seed=eval_seed, eval_n=eval_n, table=metrics_table(m), instructed=cfg.instructed_share,
+        instructed_conflict=cfg.instructed_conflict,
+        instructions=", ".join(f'"{t.format(m="...")}"' for t in INSTRUCTIONS),
     )
     (out / "MODEL_CARD.md").write_text(text)
     return text
@@ -123,9 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=TinyVLMConfig.seed)
     parser.add_argument("--steps", type=int, default=TinyVLMConfig.steps)
     parser.add_argument("--eval-seed", type=int, default=1000)
-    parser.add_argument("--eval-n", type=int, default=6, help="held-out groups per (visual, text) tier cell")
+    parser.add_argument("--eval-n", type=int, default=16, help="held-out groups per (visual, text) tier cell")
     parser.add_argument("--metrics-only", type=Path, default=None, metavar="DIR",
                         help="evaluate an existing checkpoint instead of training")
+    parser.add_argument("--save-metrics", action="store_true",
+                        help="with --metrics-only: store the metrics in DIR/training.json and rewrite DIR/MODEL_CARD.md")
     parser.add_argument("--write-card", type=Path, default=None, metavar="DIR",
                         help="rewrite DIR/MODEL_CARD.md from DIR/training.json (no training)")
     args = parser.parse_args(argv)
@@ -140,6 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_only is not None:
         m = evaluate(load_vlm(args.metrics_only), n_per_cell=args.eval_n, seed=args.eval_seed)
         print(metrics_table(m))
+        if args.save_metrics:
+            path = args.metrics_only / "training.json"
+            record = json.loads(path.read_text())
+            record["metrics"] = m
+            path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+            cfg = TinyVLMConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items()})
+            write_card(args.metrics_only, cfg, record["log"], m, args.eval_seed, args.eval_n)
         return 0
     cfg = TinyVLMConfig(seed=args.seed, steps=args.steps)
     start = time.time()

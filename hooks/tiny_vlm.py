@@ -14,9 +14,17 @@ colour against the image):
   colour; a share of contexts speak of another shape (text-irrelevant: no information);
 - **both**: image + context + question, the context drawn exactly as for text-only. When it
   states a wrong colour, that colour is absent from the image, as in the evaluation set.
+- **instructed** (a share `instructed_share` of all examples): image + relevant context +
+  question preceded by an instruction naming a modality ("use the text to answer .", "answer
+  from the image .", ...; `INSTRUCTIONS`). The context states a wrong colour with probability
+  `instructed_conflict`; the label is the colour of the named modality. This is the one place a
+  label can be the text's colour against the image, and only under an explicit instruction.
 
 So the model can learn how far to trust each modality at each difficulty; what it does when
-they disagree is not taught by any rule, it follows from what it learned about reliability.
+they disagree without an instruction is not taught by any rule, it follows from what it
+learned about reliability. The instructed share gives the model a real "follow the text" /
+"follow the image" distinction, so that MC²-style steering directions (estimated from those
+instructions, `hooks.patching.instruction_direction`) have something to find.
 """
 
 from __future__ import annotations
@@ -35,17 +43,20 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 
 from hooks.tiny import chat_template
 
-__all__ = ["TinyVLMConfig", "TEXT_RELIABILITY", "build_tokenizer", "build_processor", "build_model",
+__all__ = ["TinyVLMConfig", "TEXT_RELIABILITY", "INSTRUCTIONS", "build_tokenizer", "build_processor", "build_model",
            "ScenePool", "TrainingMix", "train", "save", "evaluate", "DEFAULT_DIR"]
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny_vlm"
 
-TEXT_RELIABILITY: tuple[float, ...] = (0.97, 0.9, 0.8, 0.65)
+TEXT_RELIABILITY: tuple[float, ...] = (0.99, 0.93, 0.85, 0.7)
 """P(the context states the true colour) per text tier, in training **[ours]**."""
 
 # words a researcher's prompts around the colour task may use (steering instructions, etc.)
 EXTRA_WORDS = ("user", "assistant", "from", "text", "image", "follow", "ignore", "trust", "only", "look", "at",
                "read", "not", "colour", "color", "answer", "the", "based")
+INSTRUCTIONS: tuple[str, ...] = ("use the {m} to answer .", "answer from the {m} .", "trust only the {m} .")
+"""Instruction templates of the instructed examples; `{m}` is "text" or "image". The first is
+`hooks.patching.TEXT_INSTRUCTION` / `IMAGE_INSTRUCTION`."""
 SPECIALS = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "<image>": 4}
 
 
@@ -72,7 +83,9 @@ class TinyVLMConfig:
     same_colour_share: float = 0.8
     text_reliability: tuple[float, ...] = TEXT_RELIABILITY
     text_irrelevant_share: float = 0.1
-    mix: tuple[float, float, float] = (0.5, 0.2, 0.3)  # vision-only, text-only, both
+    mix: tuple[float, float, float] = (0.5, 0.2, 0.3)  # vision-only, text-only, both (of the uninstructed)
+    instructed_share: float = 0.1  # of all examples: image + context + an instruction naming the modality
+    instructed_conflict: float = 0.5  # P(the context of an instructed example states a wrong colour)
     threads: int = 2
     curriculum_share: float = 0.15  # first share of the steps: visual tiers 0..curriculum_max_tier only
     curriculum_max_tier: int = 4
@@ -170,11 +183,13 @@ class ScenePool:
 
 @dataclass
 class Example:
-    kind: str  # "vision", "text", "both"
+    kind: str  # "vision", "text", "both", "instructed"
     question: str
     context: str | None
     image: Any
     label: str
+    scene: int = -1  # index in the scene pool
+    stated: str | None = None  # the colour the context states (None: no context)
 
 
 @dataclass
@@ -214,15 +229,32 @@ class TrainingMix:
         else:
             allowed = self._by_tier.setdefault(max_tier, np.flatnonzero(pool.visual_tier <= max_tier))
             i = int(allowed[rng.integers(len(allowed))])
+        if rng.random() < self.cfg.instructed_share:
+            return self._instructed(i)
         kind = ("vision", "text", "both")[int(rng.choice(3, p=self.cfg.mix))]
         shape, true_colour = SHAPES[pool.target_shape[i]], COLOURS[pool.target_colour[i]]
         absent_shape, wrong = SHAPES[pool.absent_shape[i]], COLOURS[pool.absent_colour[i]]
         if kind == "text":  # no image: any other colour can be the wrong one
             wrong = COLOURS[int(rng.choice([k for k in range(len(COLOURS)) if COLOURS[k] != true_colour]))]
         question = f"{COLOUR_QUESTION.format(shape=shape)} {INSTRUCTION}"
-        context = None if kind == "vision" else self.context(shape, absent_shape, true_colour, wrong)[0]
+        context, stated = (None, None) if kind == "vision" else self.context(shape, absent_shape, true_colour, wrong)[:2]
         image = None if kind == "text" else pool.images[i]
-        return Example(kind, question, context, image, true_colour)
+        return Example(kind, question, context, image, true_colour, i, stated)
+
+    def _instructed(self, i: int) -> Example:
+        """Scene `i` with a relevant context and an instruction naming the modality to answer from;
+        the label is that modality's colour (the text's may disagree with the image)."""
+        from interp.datasets.colour import COLOURS, SHAPES
+        from interp.datasets.text import COLOUR_QUESTION, INSTRUCTION, text_context
+
+        rng, pool = self.rng, self.pool
+        shape, true_colour = SHAPES[pool.target_shape[i]], COLOURS[pool.target_colour[i]]
+        stated = COLOURS[pool.absent_colour[i]] if rng.random() < self.cfg.instructed_conflict else true_colour
+        context = text_context(int(rng.integers(4)), shape, stated, rng, avoid=(true_colour,))
+        modality = ("text", "image")[int(rng.integers(2))]
+        instruction = INSTRUCTIONS[int(rng.integers(len(INSTRUCTIONS)))].format(m=modality)
+        question = f"{instruction} {COLOUR_QUESTION.format(shape=shape)} {INSTRUCTION}"
+        return Example("instructed", question, context, pool.images[i], stated if modality == "text" else true_colour, i, stated)
 
 
 def _encode(processor: Any, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
@@ -352,6 +384,10 @@ def evaluate(vlm: Any, *, n_per_cell: int = 4, seed: int = 1000, image_size: int
         return {"tiers": tiers, "accuracy": acc, "mean_entropy": ent, "spearman_entropy_vs_tier": rho}
 
     kept = [r for r in rows if r["kept"]]
+    correct = {r["case_id"]: bool(r["vision_correct"] and r["text_correct"]) for r in rows}
+    conflict = [c for c in cases if c.control is None]
+    instructed = instruction_following(vlm, conflict, kept=[correct[c.id] for c in conflict],
+                                       batch_size=batch_size)
     ratios = tfr_vfr([r["label"] for r in kept])
     decided = [r for r in kept if r["label"] in ("text", "vision")]
     curve = fit_following(np.array([r["dh_rel"] for r in decided]), np.array([r["label"] == "text" for r in decided]),
@@ -365,4 +401,37 @@ def evaluate(vlm: Any, *, n_per_cell: int = 4, seed: int = 1000, image_size: int
         "labels_kept": {k: sum(r["label"] == k for r in kept) for k in ("text", "vision", "other")},
         "tfr": ratios.tfr, "vfr": ratios.vfr,
         "following_curve": curve.to_dict(),
+        "instruction_following": instructed,
     }
+
+
+def instruction_following(vlm: Any, cases: Sequence[Any], *, kept: Sequence[bool] | None = None,
+                          batch_size: int = 32) -> dict[str, Any]:
+    """Conflict pass of each case under each modality instruction of `INSTRUCTIONS[0]` (the
+    phrasing `hooks.patching` steers with), prepended to the question as
+    `hooks.patching.with_instruction` does: the share of cases answered with the instructed
+    modality's colour ("text": the context's, "image": the scene's), and with the other one;
+    over every case and over the `kept` ones (e.g. right in both unimodal passes)."""
+    from hooks.patching import read_answer, with_instruction
+    from hooks.prompts import PromptItem
+    from interp.candidates import candidate_pair
+    from interp.datasets.text import INSTRUCTION
+
+    out: dict[str, Any] = {"n": len(cases)}
+    for modality, own in (("text", "text"), ("image", "vision")):
+        labels: list[str] = []
+        for start in range(0, len(cases), batch_size):
+            chunk = cases[start:start + batch_size]
+            items = [PromptItem(f"{c.question} {INSTRUCTION}", c.context, c.open_image()) for c in chunk]
+            pairs = [candidate_pair(vlm.tokenizer, c.text_answer, c.image_answer, tuple(c.text_candidates)[1:],
+                                    tuple(c.image_candidates)[1:]) for c in chunk]
+            batch = vlm.passes(with_instruction(items, INSTRUCTIONS[0].format(m=modality)), ("conflict",))["conflict"]
+            labels += read_answer(vlm, batch, pairs).labels(pairs)
+        other = "vision" if own == "text" else "text"
+        sub = [lab for lab, k in zip(labels, kept or ()) if k]
+        out[modality] = {"instructed": labels.count(own) / max(1, len(labels)),
+                         "other": labels.count(other) / max(1, len(labels)),
+                         "kept_instructed": sub.count(own) / len(sub) if sub else None,
+                         "kept_other": sub.count(other) / len(sub) if sub else None}
+    out["n_kept"] = sum(kept) if kept is not None else None
+    return out

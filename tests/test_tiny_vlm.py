@@ -36,9 +36,25 @@ def test_training_mix_follows_the_documented_reliabilities():
     cfg = TinyVLMConfig(**TINY)
     pool = ScenePool.draw(28, 0, 64)
     mix = TrainingMix(pool, cfg)
-    for _ in range(300):  # every label is the scene's own colour, whatever the context says
-        ex = mix.sample()
-        assert ex.label in COLOURS
+    examples = [mix.sample() for _ in range(3000)]
+    instructed = [e for e in examples if e.kind == "instructed"]
+    assert abs(len(instructed) / len(examples) - cfg.instructed_share) < 0.02
+    for ex in examples:  # uninstructed: the label is the scene's own colour, whatever the context says
+        if ex.kind != "instructed":
+            assert ex.label == COLOURS[pool.target_colour[ex.scene]], ex
+    conflicting = 0
+    for ex in instructed:  # instructed: the named modality's colour
+        true, wrong = COLOURS[pool.target_colour[ex.scene]], COLOURS[pool.absent_colour[ex.scene]]
+        assert ex.stated in (true, wrong)
+        stated = ex.stated
+        conflicting += stated == wrong
+        assert ex.image is not None and ex.context
+        if ex.question.split(" ")[:4] in (["use", "the", "text", "to"], ["answer", "from", "the", "text"],
+                                          ["trust", "only", "the", "text"]):
+            assert ex.label == stated, ex
+        else:
+            assert "image" in ex.question.split(" ")[:4] and ex.label == true, ex
+    assert abs(conflicting / len(instructed) - cfg.instructed_conflict) < 0.1
     draws = [mix.context("star", "circle", "red", "blue") for _ in range(6000)]
     relevant = [d for d in draws if d[3]]
     assert abs(1 - len(relevant) / len(draws) - cfg.text_irrelevant_share) < 0.02
