@@ -24,8 +24,11 @@ change of logit(text) - logit(vision) at the answer position is recorded. Writes
 2. knockout: blocking attention to the context tokens (from the answer position, and from
    every position after the context) in all layers lowers text-following: TFR before/after;
 3. steering: a direction estimated on 120 conflict cases covering every (image colour, text
-   colour) pair, added with -alpha, 0, +alpha at the answer position of 120 held-out cases'
-   conflict pass (layers of the second half of the model): TFR and balance point per alpha.
+   colour) pair (seed + 2), added with -alpha, 0, +alpha at the answer position of the main
+   job's default conflict set (`modality-lens run --seed SEED`: 896 cases, of which those
+   right in both unimodal passes count), for the layer windows first half, second half and
+   all layers (`--all-windows`: also each layer alone; `--steer-layers`: one window of your
+   own): TFR with a paired bootstrap CI of its shift, and the balance point, per alpha.
    Two directions: the MC² instruction contrast ("use the text to answer ." minus "use the
    image to answer ." prepended to the question) and a relevance contrast (conflict cases
    minus their text-irrelevant controls). Alpha is a fraction of the mean state norm at each
@@ -227,20 +230,38 @@ def steering_cases(seed: int) -> tuple[list[Any], list[Any], list[Any]]:
     return fit, fit_controls, held
 
 
-def steering_measurement(vlm: Any, seed: int, alphas: Sequence[float], layers: Sequence[int] | None,
-                         text_instruction: str, image_instruction: str, correct_only: bool,
-                         kind: str = "instruction", relative: bool = True) -> dict[str, Any]:
-    """A direction from the fit half, TFR / balance point under steering on the held-out half.
+def default_conflict_set(seed: int) -> list[Any]:
+    """The conflict cases of the main job's built-in set (`modality-lens run --seed SEED`)."""
+    from interp.pipeline import BUILTIN_N_PER_CELL, builtin_cases
+
+    cases, _ = builtin_cases("colour", seed=seed, n_per_cell=BUILTIN_N_PER_CELL, image_size=64)
+    return [c for c in cases if c.control is None]
+
+
+def steering_windows(n_layers: int, single: bool = False) -> list[tuple[int, ...]]:
+    """The first half, the second half and all layers; with `single`, each layer alone first."""
+    half = n_layers // 2
+    windows = [(l,) for l in range(n_layers)] if single else []
+    windows += [tuple(range(half)), tuple(range(half, n_layers)), tuple(range(n_layers))]
+    return list(dict.fromkeys(w for w in windows if w))
+
+
+def steering_measurement(vlm: Any, fit_seed: int, eval_seed: int, alphas: Sequence[float],
+                         windows: Sequence[Sequence[int]] | None, text_instruction: str, image_instruction: str,
+                         correct_only: bool, kind: str = "instruction", relative: bool = True,
+                         batch_size: int = 64) -> dict[str, Any]:
+    """A direction fit on a colour-balanced set (`steering_cases(fit_seed)`, groups 0-29), then
+    TFR / balance point under steering on the main job's default conflict set (`eval_seed`),
+    for each layer window.
 
     kind "instruction": MC², `text_instruction` minus `image_instruction` prepended to the
     question of the fit cases. kind "relevance": the fit conflict cases minus their
     text-irrelevant controls (same images and colours; only whether the context speaks of the
-    asked shape differs), a direction of "the text is about the question" that needs no
-    instruction the model was never trained on.
+    asked shape differs), a direction of "the text is about the question".
     """
-    from hooks.patching import instruction_direction, mean_difference, steering_effect
+    from hooks.patching import instruction_direction, mean_difference, steering_effects
 
-    fit, fit_controls, held = steering_cases(seed)
+    fit, fit_controls, _ = steering_cases(fit_seed)
     if kind == "instruction":
         direction = instruction_direction(vlm, [prompt_item(c) for c in fit], text_instruction=text_instruction,
                                           image_instruction=image_instruction)
@@ -251,19 +272,23 @@ def steering_measurement(vlm: Any, seed: int, alphas: Sequence[float], layers: S
     raw_norms = direction.norms
     if relative:
         direction = direction.relative()
-    if layers is None:
-        layers = list(range(vlm.n_layers // 2, vlm.n_layers))
+    windows = [tuple(w) for w in (windows or steering_windows(vlm.n_layers))]
+    held = default_conflict_set(eval_seed)
     signed = sorted({float(s * a) for a in alphas for s in (-1, 1)})
-    report = steering_effect(vlm, [prompt_item(c) for c in held], pairs_for(vlm.tokenizer, [(c, None) for c in held]),
-                             direction, alphas=signed, layers=layers, correct_only=correct_only)
+    reports = steering_effects(vlm, [prompt_item(c) for c in held], pairs_for(vlm.tokenizer, [(c, None) for c in held]),
+                               direction, alphas=signed, windows=windows, correct_only=correct_only,
+                               batch_size=batch_size)
     unit = "x the mean state norm" if relative else "x the raw mean difference"
     print(f"steering with the {kind} direction ({direction.plus!r} minus {direction.minus!r}; fit on {len(fit)} "
-          f"cases), alpha {unit}; raw difference norms {[round(float(x), 3) for x in raw_norms]}, state norms "
-          f"{[round(float(x), 2) for x in direction.state_norms]}")
-    print(report)
+          f"cases of seed {fit_seed}), alpha {unit}; raw difference norms {[round(float(x), 3) for x in raw_norms]}, "
+          f"state norms {[round(float(x), 2) for x in direction.state_norms]}; evaluated on the {len(held)} conflict "
+          f"cases of the default set (seed {eval_seed})")
+    for report in reports:
+        print(report)
     return {"direction": kind, "plus": direction.plus, "minus": direction.minus, "alpha_unit": unit,
             "raw_direction_norms": raw_norms.tolist(), "state_norms": direction.state_norms.tolist(),
-            "n_fit": len(fit), **report.to_dict()}
+            "n_fit": len(fit), "fit_seed": fit_seed, "eval_seed": eval_seed,
+            "windows": [report.to_dict() for report in reports]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -284,7 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="instruction: MC² 'use the text' minus 'use the image'; relevance: conflict cases minus "
                              "their text-irrelevant controls; both (default)")
     parser.add_argument("--steer-layers", type=int, nargs="*", default=None,
-                        help="decoder layers to steer (default: the second half)")
+                        help="one window of decoder layers to steer (default: the first half, the second half and "
+                             "all layers, each reported)")
+    parser.add_argument("--all-windows", action="store_true", help="also steer each layer alone")
     parser.add_argument("--text-instruction", default=None)
     parser.add_argument("--image-instruction", default=None)
     parser.add_argument("--all-cases", action="store_true",
@@ -314,9 +341,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         kinds = ("instruction", "relevance") if args.direction == "both" else (args.direction,)
         for kind in kinds:
             effects[f"steering_{kind}"] = steering_measurement(
-                vlm, args.seed + 2, args.alpha, args.steer_layers, args.text_instruction or TEXT_INSTRUCTION,
-                args.image_instruction or IMAGE_INSTRUCTION, correct_only=not args.all_cases, kind=kind,
-                relative=not args.raw_alpha)
+                vlm, args.seed + 2, args.seed, args.alpha,
+                [args.steer_layers] if args.steer_layers else steering_windows(vlm.n_layers, args.all_windows),
+                args.text_instruction or TEXT_INSTRUCTION, args.image_instruction or IMAGE_INSTRUCTION,
+                correct_only=not args.all_cases, kind=kind, relative=not args.raw_alpha)
         (out / "effects.json").write_text(json.dumps(_finite(effects), indent=1))
         print(f"effects written to {out / 'effects.json'} ({time.perf_counter() - start:.1f} s)")
     return 0

@@ -36,7 +36,8 @@ _EXPORTS = {
     "tiny_model": "hooks.tiny",
     "patch": "hooks.patching", "patching_sweep": "hooks.patching", "plot_patching": "hooks.patching",
     "knockout": "hooks.patching", "instruction_direction": "hooks.patching", "mean_difference": "hooks.patching",
-    "steer": "hooks.patching", "steering_effect": "hooks.patching", "PositionMap": "hooks.patching",
+    "steer": "hooks.patching", "steering_effect": "hooks.patching", "steering_effects": "hooks.patching",
+    "PositionMap": "hooks.patching",
     "PatchingError": "hooks.patching",
     "bridge_for": "hooks.tl_backend", "tl_lens": "hooks.tl_backend",
 }

@@ -94,6 +94,7 @@ __all__ = [
     "instruction_direction",
     "steer",
     "steering_effect",
+    "steering_effects",
 ]
 
 SITES: tuple[str, ...] = ("resid_pre", "attn_out", "mlp_out", "resid_post")
@@ -995,6 +996,7 @@ def steering_effect(
     correct_only: bool = True,
     n_boot: int = 200,
     seed: int = 0,
+    batch_size: int | None = None,
 ) -> SteeringReport:
     """TFR and balance point of the conflict pass steered with each alpha, against alpha = 0.
 
@@ -1002,42 +1004,82 @@ def steering_effect(
     entropies (dH_rel, METHOD §1.3); the conflict pass is run once per alpha (tiled in one
     forward) and its top-1 answer token is labelled text / vision / other with the case's
     pair. With `correct_only`, only cases whose unimodal answers are right in both passes
-    enter TFR and the curve (METHOD §1.1). Alpha 0 is always run.
+    enter TFR and the curve (METHOD §1.1). Alpha 0 is always run. `batch_size`: items per
+    forward (each tiled once per alpha); None: all at once.
     """
+    return steering_effects(vlm, items, pairs, direction, alphas=alphas, windows=[layers], where=where,
+                            correct_only=correct_only, n_boot=n_boot, seed=seed, batch_size=batch_size)[0]
+
+
+def steering_effects(
+    vlm: "VLM",
+    items: Sequence[PromptItem],
+    pairs: Sequence[CandidatePair],
+    direction: SteeringDirection,
+    *,
+    alphas: Sequence[float] = (-4.0, 4.0),
+    windows: Sequence[Iterable[int] | int | None] = (None,),
+    where: PositionSpec = "answer",
+    correct_only: bool = True,
+    n_boot: int = 200,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> list[SteeringReport]:
+    """`steering_effect` for several layer windows at once (one report per window, in order):
+    the unsteered unimodal passes are run once and shared."""
     from interp.curves import fit_following
     from interp.following import tfr_vfr
     from interp.uncertainty import dh_rel as relative_uncertainty
 
     if len(items) != len(pairs):
         raise PatchingError(f"need one candidate pair per item: {len(pairs)} != {len(items)}")
+    if batch_size is not None and batch_size < 1:
+        raise PatchingError(f"batch_size must be a positive number of items, got {batch_size}")
     run_alphas = [0.0] + [float(a) for a in alphas if float(a) != 0.0]
-    batches = vlm.passes(items, ("vision", "text", "conflict"))
-    unimodal = {name: read_answer(vlm, batches[name], pairs) for name in ("vision", "text")}
-    conflict = _with_prefix(batches["conflict"], pairs)
-    chosen = _layers(vlm, layers, conflict)
-    plan = _steer_plan(vlm, conflict, direction, 0.0, chosen, where, copies=len(run_alphas), alphas=run_alphas)
-    z, _ = _trace(vlm, _tile(conflict.inputs, len(run_alphas)), plan)
-    steered = readout(z, pairs)
-    labels = steered.labels(pairs)
-    n = len(items)
+    n, step = len(items), batch_size or max(1, len(items))
+    chunks = [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+    uni_labels: dict[str, list[Any]] = {"vision": [], "text": []}
+    uni_entropy: dict[str, list[np.ndarray]] = {"vision": [], "text": []}
+    conflicts = []
+    for lo, hi in chunks:
+        batches = vlm.passes(items[lo:hi], ("vision", "text", "conflict"))
+        for name in ("vision", "text"):
+            r = read_answer(vlm, batches[name], pairs[lo:hi])
+            uni_labels[name] += r.labels(pairs[lo:hi])
+            uni_entropy[name].append(r.entropy.cpu().numpy())
+        conflicts.append(_with_prefix(batches["conflict"], pairs[lo:hi]))
     if correct_only:
-        kept = [v == "vision" and t == "text" for v, t in
-                zip(unimodal["vision"].labels(pairs), unimodal["text"].labels(pairs))]
+        kept = [v == "vision" and t == "text" for v, t in zip(uni_labels["vision"], uni_labels["text"])]
     else:
         kept = [True] * n
-    dh = np.asarray(relative_uncertainty(unimodal["text"].entropy.cpu().numpy(),
-                                         unimodal["vision"].entropy.cpu().numpy()), dtype=np.float64)
-    rows = []
-    for c, alpha in enumerate(run_alphas):
-        case_labels = labels[c * n:(c + 1) * n]
-        used = [i for i in range(n) if kept[i]]
-        ratios = tfr_vfr(case_labels[i] for i in used)
-        follow = [i for i in used if case_labels[i] in ("text", "vision")]
-        curve = fit_following(dh[follow], np.array([case_labels[i] == "text" for i in follow], dtype=bool),
-                              n_boot=n_boot, seed=seed)
-        diffs = steered.logit_diff[c * n:(c + 1) * n][torch.tensor(kept, dtype=torch.bool)]
-        mean_diff = float(diffs.mean()) if len(diffs) else float("nan")
-        rows.append(SteeringRow(alpha, tuple(case_labels), ratios, curve, mean_diff))
-    rows.sort(key=lambda r: r.alpha)
-    return SteeringReport(chosen, where if isinstance(where, str) else "explicit", n, tuple(kept),
-                          tuple(float(x) for x in dh), tuple(rows))
+    dh = np.asarray(relative_uncertainty(np.concatenate(uni_entropy["text"]), np.concatenate(uni_entropy["vision"])),
+                    dtype=np.float64)
+    kept_mask = torch.tensor(kept, dtype=torch.bool)
+    used = [i for i in range(n) if kept[i]]
+    reports = []
+    for layers in windows:
+        chosen = _layers(vlm, layers, conflicts[0])
+        labels: list[list[Any]] = [[] for _ in run_alphas]
+        diffs: list[list[Tensor]] = [[] for _ in run_alphas]
+        for (lo, hi), conflict in zip(chunks, conflicts):
+            plan = _steer_plan(vlm, conflict, direction, 0.0, chosen, where, copies=len(run_alphas),
+                               alphas=run_alphas)
+            z, _ = _trace(vlm, _tile(conflict.inputs, len(run_alphas)), plan)
+            steered = readout(z, pairs[lo:hi])
+            flat, m = steered.labels(pairs[lo:hi]), hi - lo
+            for c in range(len(run_alphas)):
+                labels[c] += flat[c * m:(c + 1) * m]
+                diffs[c].append(steered.logit_diff[c * m:(c + 1) * m].cpu())
+        rows = []
+        for c, alpha in enumerate(run_alphas):
+            ratios = tfr_vfr(labels[c][i] for i in used)
+            follow = [i for i in used if labels[c][i] in ("text", "vision")]
+            curve = fit_following(dh[follow], np.array([labels[c][i] == "text" for i in follow], dtype=bool),
+                                  n_boot=n_boot, seed=seed)
+            kept_diffs = torch.cat(diffs[c])[kept_mask]
+            mean_diff = float(kept_diffs.mean()) if len(kept_diffs) else float("nan")
+            rows.append(SteeringRow(alpha, tuple(labels[c]), ratios, curve, mean_diff))
+        rows.sort(key=lambda r: r.alpha)
+        reports.append(SteeringReport(chosen, where if isinstance(where, str) else "explicit", n, tuple(kept),
+                                      tuple(float(x) for x in dh), tuple(rows)))
+    return reports

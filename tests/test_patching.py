@@ -446,3 +446,24 @@ def test_tfr_shift_interval_matches_the_binomial_law_of_paired_resamples():
                             tuple(P.SteeringRow(a, ("other",) * 3, tfr_vfr(["other"] * 3), None, 0.0)
                                   for a in (0.0, 1.0)))
     assert none.tfr_shift_ci(1.0) is None  # TFR undefined: no interval, not a number
+
+
+def test_steering_in_chunks_and_windows_equals_one_batch_per_window():
+    vlm = load_vlm(tiny_model("llava"))
+    items = TARGET + SOURCE
+    pairs = [candidate_pair(vlm.tokenizer, t, v) for t, v in ANSWERS + [("blue", "red"), ("green", "purple")]]
+    direction = P.instruction_direction(vlm, items)
+    direction = P.SteeringDirection(direction.vectors / direction.norms[:, None] * 5.0, "text", "image", 4, 4)
+    kw = dict(alphas=(-2.0, 2.0), correct_only=False, n_boot=0)
+    whole = [P.steering_effect(vlm, items, pairs, direction, layers=w, **kw) for w in ([2, 3], [0])]
+    chunked = P.steering_effects(vlm, items, pairs, direction, windows=([2, 3], [0]), batch_size=3, **kw)
+    for a, b in zip(whole, chunked):
+        assert a.layers == b.layers and a.kept == b.kept
+        assert np.allclose(a.dh_rel, b.dh_rel, atol=1e-5)
+        for ra, rb in zip(a.rows, b.rows):
+            assert ra.alpha == rb.alpha and ra.labels == rb.labels
+            assert ra.mean_logit_diff == pytest.approx(rb.mean_logit_diff, abs=1e-4)
+    assert whole[0].rows[0].labels != whole[1].rows[0].labels or \
+        whole[0].rows[0].mean_logit_diff != pytest.approx(whole[1].rows[0].mean_logit_diff)  # windows differ
+    with pytest.raises(P.PatchingError, match="batch_size"):
+        P.steering_effects(vlm, items, pairs, direction, batch_size=0)
