@@ -89,3 +89,17 @@ def test_shipped_checkpoint_reads_easy_colours_and_text():
     rows = [r for rs, _ in iter_rows(vlm, cases, batch_size=12, progress=False) for r in rs]
     assert sum(r["vision_correct"] for r in rows) >= 11
     assert sum(r["text_correct"] for r in rows) >= 11
+
+
+@shipped
+def test_shipped_checkpoint_follows_the_trained_instructions_on_easy_conflicts():
+    """Fresh tier-0 conflict cases (another seed than the card's): "use the text" gives the
+    text's colour, "use the image" the image's, each on most cases."""
+    from hooks.tiny_vlm import instruction_following
+    from interp.datasets.colour import colour_cases
+
+    vlm = load_vlm(DEFAULT_DIR)
+    cases = list(colour_cases(12, 4243, image_size=64, visual_tiers=[0], text_tiers=[0], controls=False))
+    out = instruction_following(vlm, cases, batch_size=12)
+    assert out["n"] == 12
+    assert out["text"]["instructed"] >= 10 / 12 and out["image"]["instructed"] >= 10 / 12, out
