@@ -389,13 +389,19 @@ def test_instructions_with_unknown_words_are_refused():
         P.instruction_direction(vlm, TARGET, text_instruction="use the zebra .")
 
 
-def test_steering_effect_counts_what_a_hooked_forward_answers():
+def _steering_setup():
+    """Tiny llava, four items with their pairs, and an instruction direction scaled to norm 5
+    (strong enough to move some answers of a random model)."""
     vlm = load_vlm(tiny_model("llava"))
     items = TARGET + SOURCE
     pairs = [candidate_pair(vlm.tokenizer, t, v) for t, v in ANSWERS + [("blue", "red"), ("green", "purple")]]
     direction = P.instruction_direction(vlm, items)
-    # make the steering strong enough to move some answers of a random model
     direction = P.SteeringDirection(direction.vectors / direction.norms[:, None] * 5.0, "text", "image", 4, 4)
+    return vlm, items, pairs, direction
+
+
+def test_steering_effect_counts_what_a_hooked_forward_answers():
+    vlm, items, pairs, direction = _steering_setup()
     report = P.steering_effect(vlm, items, pairs, direction, alphas=(-2.0, 2.0), layers=[2, 3],
                                correct_only=False, n_boot=0)
     assert [r.alpha for r in report.rows] == [-2.0, 0.0, 2.0]
@@ -449,11 +455,7 @@ def test_tfr_shift_interval_matches_the_binomial_law_of_paired_resamples():
 
 
 def test_steering_in_chunks_and_windows_equals_one_batch_per_window():
-    vlm = load_vlm(tiny_model("llava"))
-    items = TARGET + SOURCE
-    pairs = [candidate_pair(vlm.tokenizer, t, v) for t, v in ANSWERS + [("blue", "red"), ("green", "purple")]]
-    direction = P.instruction_direction(vlm, items)
-    direction = P.SteeringDirection(direction.vectors / direction.norms[:, None] * 5.0, "text", "image", 4, 4)
+    vlm, items, pairs, direction = _steering_setup()
     kw = dict(alphas=(-2.0, 2.0), correct_only=False, n_boot=0)
     whole = [P.steering_effect(vlm, items, pairs, direction, layers=w, **kw) for w in ([2, 3], [0])]
     chunked = P.steering_effects(vlm, items, pairs, direction, windows=([2, 3], [0]), batch_size=3, **kw)
