@@ -110,6 +110,9 @@ def pairs_for(tokenizer: Any, cases: Sequence[Any], text: str = "text", vision: 
 def swap_batches(vlm: Any, cases: Sequence[Any], pass_name: str = "conflict"):
     """(source, target, kept cases with their donors): target = the case, source = the case with the donor image."""
     chosen = [(c, cases[d]) for c, d in zip(cases, donors(cases)) if d is not None]
+    if not chosen:
+        raise SystemExit(f"none of the {len(cases)} cases has a donor (another case whose image colour is neither "
+                         "its image nor its text colour); use more cases (--n-cases, --n-effect-cases)")
     target = vlm.passes([prompt_item(c) for c, _ in chosen], (pass_name,))[pass_name]
     source = vlm.passes([prompt_item(c, d.open_image()) for c, d in chosen], (pass_name,))[pass_name]
     return source, target, chosen
@@ -230,11 +233,12 @@ def steering_cases(seed: int) -> tuple[list[Any], list[Any], list[Any]]:
     return fit, fit_controls, held
 
 
-def default_conflict_set(seed: int) -> list[Any]:
-    """The conflict cases of the main job's built-in set (`modality-lens run --seed SEED`)."""
+def default_conflict_set(seed: int, n_per_cell: int | None = None) -> list[Any]:
+    """The conflict cases of the main job's built-in set (`modality-lens run --seed SEED`;
+    `n_per_cell` groups per tier cell, default the main job's)."""
     from interp.pipeline import BUILTIN_N_PER_CELL, builtin_cases
 
-    cases, _ = builtin_cases("colour", seed=seed, n_per_cell=BUILTIN_N_PER_CELL, image_size=64)
+    cases, _ = builtin_cases("colour", seed=seed, n_per_cell=n_per_cell or BUILTIN_N_PER_CELL, image_size=64)
     return [c for c in cases if c.control is None]
 
 
@@ -249,7 +253,7 @@ def steering_windows(n_layers: int, single: bool = False) -> list[tuple[int, ...
 def steering_measurement(vlm: Any, fit_seed: int, eval_seed: int, alphas: Sequence[float],
                          windows: Sequence[Sequence[int]] | None, text_instruction: str, image_instruction: str,
                          correct_only: bool, kind: str = "instruction", relative: bool = True,
-                         batch_size: int = 64) -> dict[str, Any]:
+                         batch_size: int = 64, n_per_cell: int | None = None) -> dict[str, Any]:
     """A direction fit on a colour-balanced set (`steering_cases(fit_seed)`, groups 0-29), then
     TFR / balance point under steering on the main job's default conflict set (`eval_seed`),
     for each layer window.
@@ -273,7 +277,7 @@ def steering_measurement(vlm: Any, fit_seed: int, eval_seed: int, alphas: Sequen
     if relative:
         direction = direction.relative()
     windows = [tuple(w) for w in (windows or steering_windows(vlm.n_layers))]
-    held = default_conflict_set(eval_seed)
+    held = default_conflict_set(eval_seed, n_per_cell)
     signed = sorted({float(s * a) for a in alphas for s in (-1, 1)})
     reports = steering_effects(vlm, [prompt_item(c) for c in held], pairs_for(vlm.tokenizer, [(c, None) for c in held]),
                                direction, alphas=signed, windows=windows, correct_only=correct_only,
@@ -312,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="one window of decoder layers to steer (default: the first half, the second half and "
                              "all layers, each reported)")
     parser.add_argument("--all-windows", action="store_true", help="also steer each layer alone")
+    parser.add_argument("--steer-groups", type=int, default=None,
+                        help="groups per tier cell of the default conflict set steering is measured on "
+                             "(default: the main job's 16)")
     parser.add_argument("--text-instruction", default=None)
     parser.add_argument("--image-instruction", default=None)
     parser.add_argument("--all-cases", action="store_true",
@@ -344,7 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 vlm, args.seed + 2, args.seed, args.alpha,
                 [args.steer_layers] if args.steer_layers else steering_windows(vlm.n_layers, args.all_windows),
                 args.text_instruction or TEXT_INSTRUCTION, args.image_instruction or IMAGE_INSTRUCTION,
-                correct_only=not args.all_cases, kind=kind, relative=not args.raw_alpha)
+                correct_only=not args.all_cases, kind=kind, relative=not args.raw_alpha,
+                n_per_cell=args.steer_groups)
         (out / "effects.json").write_text(json.dumps(_finite(effects), indent=1))
         print(f"effects written to {out / 'effects.json'} ({time.perf_counter() - start:.1f} s)")
     return 0

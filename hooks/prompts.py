@@ -223,6 +223,8 @@ def build_pass(
     """Encode one pass ("vision", "text" or "conflict") of `items` as a left-padded batch."""
     if name not in PASSES:
         raise ValueError(f"unknown pass {name!r}; choose one of {', '.join(PASSES)}")
+    if not items:
+        raise ValueError(f"no prompt items to build the {name} pass from; pass at least one PromptItem")
     with_image = name in ("vision", "conflict")
     with_context = name in ("text", "conflict")
     if with_image and any(it.image is None for it in items):

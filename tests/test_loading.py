@@ -99,3 +99,9 @@ def test_check_command_on_a_saved_model_and_on_an_unsupported_one(tmp_path):
     assert "Traceback" not in done.stderr
     assert "no adapter for BertForMaskedLM" in done.stderr and "MllamaForConditionalGeneration" in done.stderr
     assert len(done.stderr.splitlines()) < 25
+
+
+def test_passes_of_no_items_say_so():
+    vlm = load_vlm(tiny_model("llava"))
+    with pytest.raises(ValueError, match="no prompt items"):
+        vlm.passes([], ("conflict",))

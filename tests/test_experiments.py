@@ -1,0 +1,43 @@
+"""The scripts in experiments/ run end to end (small sizes) and write what they say they write."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(script: str, *args: str, cwd: Path) -> str:
+    done = subprocess.run([sys.executable, str(REPO / "experiments" / script), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+def test_following_curve_script(tmp_path):
+    out = run("following_curve.py", "--n-per-cell", "1", "--out", str(tmp_path / "curve.png"), cwd=tmp_path)
+    assert "56 conflict cases" in out and "balance point" in out
+    assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_oscillation_sweep_script(tmp_path):
+    out = run("oscillation_sweep.py", "--n-per-cell", "1", cwd=tmp_path)
+    assert "oscillation" in out.lower()
+
+
+def test_activation_patching_script_with_effects(tmp_path):
+    out = run("activation_patching.py", "--model", "tiny:llava", "--out", str(tmp_path / "p"), "--n-cases", "24",
+              "--effects", "--n-effect-cases", "24", "--steer-groups", "1", "--alpha", "0.3", cwd=tmp_path)
+    assert "steering at layers" in out
+    effects = json.loads((tmp_path / "p" / "effects.json").read_text())
+    assert {"image_swap", "knockout", "steering_instruction", "steering_relevance"} <= set(effects)
+    windows = effects["steering_instruction"]["windows"]
+    assert [w["layers"] for w in windows] == [[0, 1], [2, 3], [0, 1, 2, 3]]  # tiny:llava: 4 decoder layers
+    assert all(len(w["rows"]) == 3 for w in windows)  # -0.3, 0, +0.3
+    for name in ("patching.png", "patching.json", "patching.npz"):
+        assert (tmp_path / "p" / name).stat().st_size > 0
