@@ -26,12 +26,12 @@ learned about reliability. The instructed share gives the model a real "follow t
 "follow the image" distinction, so that MC²-style steering directions (estimated from those
 instructions, `hooks.patching.instruction_direction`) have something to find.
 
-Measured **[ours]** (held-out seed 1000, 16 groups per cell): reliabilities 0.97/0.9/0.8/0.65
+Measured **[ours]** (held-out seed 1000, 32 groups per cell): reliabilities 0.97/0.9/0.8/0.65
 without instructed examples gave TFR 0.21 and no crossing of the logistic curve inside the
-data; the shipped 0.99/0.93/0.85/0.70 with 10% instructed examples give TFR 0.30 and a
-balance point of -0.83. Training the shipped recipe for 3500 steps instead of 2500 did not
-raise the Spearman rho of H_v against the visual tier (0.72 against 0.76) and lowered TFR
-(0.25).
+data; the shipped 0.99/0.93/0.85/0.70 with 10% instructed examples give TFR 0.24 and a
+balance point of -1.12 (16 groups per cell: 0.30 and -0.83). Training the shipped recipe for
+3500 steps instead of 2500 did not raise the Spearman rho of H_v against the visual tier
+(0.72 against 0.76 at 16 groups per cell) and lowered TFR (0.25 against 0.30).
 """
 
 from __future__ import annotations
