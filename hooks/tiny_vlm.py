@@ -244,7 +244,9 @@ class TrainingMix:
         if kind == "text":  # no image: any other colour can be the wrong one
             wrong = COLOURS[int(rng.choice([k for k in range(len(COLOURS)) if COLOURS[k] != true_colour]))]
         question = f"{COLOUR_QUESTION.format(shape=shape)} {INSTRUCTION}"
-        context, stated = (None, None) if kind == "vision" else self.context(shape, absent_shape, true_colour, wrong)[:2]
+        context, stated = None, None
+        if kind != "vision":
+            context, stated = self.context(shape, absent_shape, true_colour, wrong)[:2]
         image = None if kind == "text" else pool.images[i]
         return Example(kind, question, context, image, true_colour, i, stated)
 
@@ -261,7 +263,8 @@ class TrainingMix:
         modality = ("text", "image")[int(rng.integers(2))]
         instruction = INSTRUCTIONS[int(rng.integers(len(INSTRUCTIONS)))].format(m=modality)
         question = f"{instruction} {COLOUR_QUESTION.format(shape=shape)} {INSTRUCTION}"
-        return Example("instructed", question, context, pool.images[i], stated if modality == "text" else true_colour, i, stated)
+        label = stated if modality == "text" else true_colour
+        return Example("instructed", question, context, pool.images[i], label, i, stated)
 
 
 def _encode(processor: Any, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
