@@ -142,6 +142,13 @@ def write_card(out: Path, cfg: TinyVLMConfig, log: dict, m: dict, eval_seed: int
     return text
 
 
+def read_record(model_dir: Path) -> tuple[dict, TinyVLMConfig]:
+    """(training.json of a checkpoint, its TinyVLMConfig; JSON lists back to tuples)."""
+    record = json.loads((model_dir / "training.json").read_text())
+    cfg = TinyVLMConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items()})
+    return record, cfg
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
@@ -157,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="rewrite DIR/MODEL_CARD.md from DIR/training.json (no training)")
     args = parser.parse_args(argv)
     if args.write_card is not None:
-        record = json.loads((args.write_card / "training.json").read_text())
-        cfg = TinyVLMConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items()})
+        record, cfg = read_record(args.write_card)
         write_card(args.write_card, cfg, record["log"], record["metrics"], args.eval_seed, args.eval_n)
         return 0
 
@@ -168,11 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         m = evaluate(load_vlm(args.metrics_only), n_per_cell=args.eval_n, seed=args.eval_seed)
         print(metrics_table(m))
         if args.save_metrics:
-            path = args.metrics_only / "training.json"
-            record = json.loads(path.read_text())
-            record["metrics"] = m
-            path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-            cfg = TinyVLMConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items()})
+            record, cfg = read_record(args.metrics_only)
+            (args.metrics_only / "training.json").write_text(
+                json.dumps({**record, "metrics": m}, indent=2, sort_keys=True) + "\n")
             write_card(args.metrics_only, cfg, record["log"], m, args.eval_seed, args.eval_n)
         return 0
     cfg = TinyVLMConfig(seed=args.seed, steps=args.steps)
