@@ -974,8 +974,8 @@ class SteeringReport:
         for r in self.rows:
             tfr = "n/a" if r.ratios.tfr is None else f"{r.ratios.tfr:.3f}"
             bp = "n/a" if r.curve.balance_point is None else f"{r.curve.balance_point:+.3f}"
-            shift, ci = self.tfr_shift(r.alpha), self.tfr_shift_ci(r.alpha) if r.alpha != 0 else None
             if r.alpha != 0:
+                shift, ci = self.tfr_shift(r.alpha), self.tfr_shift_ci(r.alpha)
                 tfr += " (shift n/a)" if shift is None else f" (shift {shift:+.3f}" + (
                     f", 95% CI {ci[0]:+.3f} to {ci[1]:+.3f})" if ci else ", no CI)")
             lines.append(f"  alpha {r.alpha:+g}: TFR {tfr} (text {r.ratios.n_text}, vision {r.ratios.n_vision}, "
