@@ -253,13 +253,14 @@ def steering_windows(n_layers: int, single: bool = False) -> list[tuple[int, ...
 def steering_measurement(vlm: Any, fit_seed: int, eval_seed: int, alphas: Sequence[float],
                          windows: Sequence[Sequence[int]] | None, text_instruction: str, image_instruction: str,
                          correct_only: bool, kind: str = "instruction", relative: bool = True,
-                         batch_size: int = 64, n_per_cell: int | None = None) -> dict[str, Any]:
+                         batch_size: int = 64, n_per_cell: int | None = None, where: str = "answer",
+                         placement: str = "question") -> dict[str, Any]:
     """A direction fit on a colour-balanced set (`steering_cases(fit_seed)`, groups 0-29), then
     TFR / balance point under steering on the main job's default conflict set (`eval_seed`),
     for each layer window.
 
-    kind "instruction": MC², `text_instruction` minus `image_instruction` prepended to the
-    question of the fit cases. kind "relevance": the fit conflict cases minus their
+    kind "instruction": MC², `text_instruction` minus `image_instruction` added to the fit
+    cases at `placement` (`hooks.patching.with_instruction`). kind "relevance": the fit conflict cases minus their
     text-irrelevant controls (same images and colours; only whether the context speaks of the
     asked shape differs), a direction of "the text is about the question".
     """
@@ -268,7 +269,7 @@ def steering_measurement(vlm: Any, fit_seed: int, eval_seed: int, alphas: Sequen
     fit, fit_controls, _ = steering_cases(fit_seed)
     if kind == "instruction":
         direction = instruction_direction(vlm, [prompt_item(c) for c in fit], text_instruction=text_instruction,
-                                          image_instruction=image_instruction)
+                                          image_instruction=image_instruction, placement=placement)
     else:
         direction = mean_difference(vlm, vlm.passes([prompt_item(c) for c in fit], ("conflict",))["conflict"],
                                     vlm.passes([prompt_item(c) for c in fit_controls], ("conflict",))["conflict"],
@@ -281,17 +282,18 @@ def steering_measurement(vlm: Any, fit_seed: int, eval_seed: int, alphas: Sequen
     signed = sorted({float(s * a) for a in alphas for s in (-1, 1)})
     reports = steering_effects(vlm, [prompt_item(c) for c in held], pairs_for(vlm.tokenizer, [(c, None) for c in held]),
                                direction, alphas=signed, windows=windows, correct_only=correct_only,
-                               batch_size=batch_size)
+                               batch_size=batch_size, where=where)
     unit = "x the mean state norm" if relative else "x the raw mean difference"
     print(f"steering with the {kind} direction ({direction.plus!r} minus {direction.minus!r}; fit on {len(fit)} "
           f"cases of seed {fit_seed}), alpha {unit}; raw difference norms {[round(float(x), 3) for x in raw_norms]}, "
           f"state norms {[round(float(x), 2) for x in direction.state_norms]}; evaluated on the {len(held)} conflict "
-          f"cases of the default set (seed {eval_seed})")
+          f"cases of the default set (seed {eval_seed}), added at {where!r}")
     for report in reports:
         print(report)
     return {"direction": kind, "plus": direction.plus, "minus": direction.minus, "alpha_unit": unit,
             "raw_direction_norms": raw_norms.tolist(), "state_norms": direction.state_norms.tolist(),
-            "n_fit": len(fit), "fit_seed": fit_seed, "eval_seed": eval_seed,
+            "n_fit": len(fit), "fit_seed": fit_seed, "eval_seed": eval_seed, "where": where,
+            "placement": placement if kind == "instruction" else None,
             "windows": [report.to_dict() for report in reports]}
 
 
@@ -319,6 +321,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steer-groups", type=int, default=None,
                         help="groups per tier cell of the default conflict set steering is measured on "
                              "(default: the main job's 16)")
+    parser.add_argument("--steer-where", default="answer",
+                        help="positions the direction is added at: answer (default), all, after:context, ...")
+    parser.add_argument("--placement", choices=("question", "start"), default="question",
+                        help="where the instructions of the instruction direction go: before the question "
+                             "(default; where data/tiny_vlm was trained with them) or at the start of the user turn")
     parser.add_argument("--text-instruction", default=None)
     parser.add_argument("--image-instruction", default=None)
     parser.add_argument("--all-cases", action="store_true",
@@ -352,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 [args.steer_layers] if args.steer_layers else steering_windows(vlm.n_layers, args.all_windows),
                 args.text_instruction or TEXT_INSTRUCTION, args.image_instruction or IMAGE_INSTRUCTION,
                 correct_only=not args.all_cases, kind=kind, relative=not args.raw_alpha,
-                n_per_cell=args.steer_groups)
+                n_per_cell=args.steer_groups, where=args.steer_where, placement=args.placement)
         (out / "effects.json").write_text(json.dumps(_finite(effects), indent=1))
         print(f"effects written to {out / 'effects.json'} ({time.perf_counter() - start:.1f} s)")
     return 0

@@ -49,7 +49,7 @@ names the last forced token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -90,6 +90,7 @@ __all__ = [
     "attention_implementation",
     "knockout",
     "with_instruction",
+    "INSTRUCTION_PLACEMENTS",
     "mean_difference",
     "instruction_direction",
     "steer",
@@ -796,9 +797,26 @@ def _check_words(tokenizer: Any, text: str) -> None:
                         "choose an instruction made of words in the model's vocabulary")
 
 
-def with_instruction(items: Sequence[PromptItem], instruction: str) -> list[PromptItem]:
-    """`items` with `instruction` prepended to the question (so it sits between context and question)."""
-    return [PromptItem(f"{instruction.strip()} {it.question}", it.context, it.image) for it in items]
+INSTRUCTION_PLACEMENTS: tuple[str, ...] = ("start", "question")
+
+
+def with_instruction(items: Sequence[PromptItem], instruction: str, *, placement: str = "question") -> list[PromptItem]:
+    """`items` with `instruction` added: `"question"` (default) prepends it to the question, so
+    it sits between the context and the question; `"start"` puts it at the start of the user
+    turn, before the image and the context (the item's `preamble`, after any preamble it has).
+
+    The default is where `data/tiny_vlm` saw its instructed examples in training. The place
+    changes what an instruction can do: after the context, the instruction's own tokens can
+    attend to the colour the text states and hand it on; at the start, no token that knows the
+    instruction sees the content before the tokens that follow it (docs/interventions.md has
+    what each placement gave on a trained model).
+    """
+    if placement not in INSTRUCTION_PLACEMENTS:
+        raise ValueError(f"unknown instruction placement {placement!r}; choose one of {INSTRUCTION_PLACEMENTS}")
+    text = instruction.strip()
+    if placement == "question":
+        return [replace(it, question=f"{text} {it.question}") for it in items]
+    return [replace(it, preamble=f"{it.preamble.strip()} {text}" if it.preamble else text) for it in items]
 
 
 def _last_states(vlm: "VLM", batch: PassBatch) -> Float[Tensor, "batch layer d_model"]:
@@ -831,18 +849,19 @@ def instruction_direction(
     text_instruction: str = TEXT_INSTRUCTION,
     image_instruction: str = IMAGE_INSTRUCTION,
     pass_name: str = "conflict",
+    placement: str = "question",
 ) -> SteeringDirection:
     """MC²-style direction: "follow the text" minus "follow the image" instruction states.
 
-    Both instructions are prepended to every item's question and the `pass_name` pass is run
-    (conflict by default, so both modalities are present); the direction of layer l is the
-    mean over items of the difference at the answer position. Instructions whose words the
-    tokenizer does not know raise `CaseError`.
+    Both instructions are added to every item (`with_instruction(..., placement=placement)`)
+    and the `pass_name` pass is run (conflict by default, so both modalities are present); the
+    direction of layer l is the mean over items of the difference at the answer position.
+    Instructions whose words the tokenizer does not know raise `CaseError`.
     """
     for text in (text_instruction, image_instruction):
         _check_words(vlm.tokenizer, text)
-    plus = vlm.passes(with_instruction(items, text_instruction), (pass_name,))[pass_name]
-    minus = vlm.passes(with_instruction(items, image_instruction), (pass_name,))[pass_name]
+    plus = vlm.passes(with_instruction(items, text_instruction, placement=placement), (pass_name,))[pass_name]
+    minus = vlm.passes(with_instruction(items, image_instruction, placement=placement), (pass_name,))[pass_name]
     return mean_difference(vlm, plus, minus, plus_name=text_instruction, minus_name=image_instruction)
 
 

@@ -6,7 +6,9 @@ For a case (image I, text context T, question Q) the model is run three times (M
 - ``text``: T + Q with no image at all (no pixel values, no image tokens);
 - ``conflict``: T + Q with I.
 
-The image comes first in the user turn, then the context, then the question; the prompt ends
+The image comes first in the user turn, then the context, then the question (an item's optional
+`preamble`, e.g. an instruction naming the modality to answer from, comes before all three; a
+template-less processor such as PaliGemma's puts its image tokens first anyway); the prompt ends
 with the chat template's generation prompt, so the last prompt token is the position that
 predicts the first answer token. Batches are left-padded, so that position is `-1` in every row.
 
@@ -51,11 +53,14 @@ class PromptGeometryError(ModalityLensError):
 
 @dataclass(frozen=True)
 class PromptItem:
-    """One case as the model sees it: `question` includes any answer-format instruction."""
+    """One case as the model sees it: `question` includes any answer-format instruction;
+    `preamble` is text put at the start of the user turn, before the image and the context
+    (and kept in every pass)."""
 
     question: str
     context: str | None = None
     image: Any = None  # a PIL image
+    preamble: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,16 +133,20 @@ def _user_text(context: str | None, question: str) -> str:
     return f"{context} {question}" if context else question
 
 
-def render_prompt(processor: Any, *, question: str, context: str | None = None, with_image: bool = False) -> str:
+def render_prompt(processor: Any, *, question: str, context: str | None = None, with_image: bool = False,
+                  preamble: str | None = None) -> str:
     """The prompt string for one pass, through the processor's chat template when it has one.
 
-    Without a chat template (PaliGemma) the user text itself is the prompt, and the processor
-    adds the image tokens and BOS.
+    The user turn is `preamble`, the image, `context`, `question`, in that order. Without a
+    chat template (PaliGemma) the user text itself is the prompt, and the processor adds the
+    image tokens (before all of it) and BOS.
     """
     text = _user_text(context, question)
+    lead = f"{preamble.strip()} " if preamble and preamble.strip() else ""
     if not getattr(processor, "chat_template", None):
-        return text
-    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": text}]
+        return lead + text
+    content = ([{"type": "text", "text": lead}] if lead else []) + ([{"type": "image"}] if with_image else []) + \
+        [{"type": "text", "text": text}]
     return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                          tokenize=False)
 
@@ -232,7 +241,7 @@ def build_pass(
     if with_context and any(not it.context for it in items):
         raise ValueError(f"the {name} pass needs a text context for every item")
     contexts = [it.context if with_context else None for it in items]
-    prompts = [render_prompt(processor, question=it.question, context=c, with_image=with_image)
+    prompts = [render_prompt(processor, question=it.question, context=c, with_image=with_image, preamble=it.preamble)
                for it, c in zip(items, contexts)]
     inputs = _encode(processor, adapter, prompts, [it.image for it in items] if with_image else None)
     ids, mask = inputs["input_ids"], inputs["attention_mask"]

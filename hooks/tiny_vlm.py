@@ -93,6 +93,7 @@ class TinyVLMConfig:
     mix: tuple[float, float, float] = (0.5, 0.2, 0.3)  # vision-only, text-only, both (of the uninstructed)
     instructed_share: float = 0.1  # of all examples: image + context + an instruction naming the modality
     instructed_conflict: float = 0.5  # P(the context of an instructed example states a wrong colour)
+    instruction_placement: str = "question"  # where the instruction goes: "question" (before it) or "start"
     threads: int = 2
     curriculum_share: float = 0.15  # first share of the steps: visual tiers 0..curriculum_max_tier only
     curriculum_max_tier: int = 4
@@ -197,6 +198,7 @@ class Example:
     label: str
     scene: int = -1  # index in the scene pool
     stated: str | None = None  # the colour the context states (None: no context)
+    preamble: str | None = None  # text before the image (the instruction of an instructed example)
 
 
 @dataclass
@@ -262,16 +264,18 @@ class TrainingMix:
         context = text_context(int(rng.integers(4)), shape, stated, rng, avoid=(true_colour,))
         modality = ("text", "image")[int(rng.integers(2))]
         instruction = INSTRUCTIONS[int(rng.integers(len(INSTRUCTIONS)))].format(m=modality)
-        question = f"{instruction} {COLOUR_QUESTION.format(shape=shape)} {INSTRUCTION}"
+        question = f"{COLOUR_QUESTION.format(shape=shape)} {INSTRUCTION}"
         label = stated if modality == "text" else true_colour
-        return Example("instructed", question, context, pool.images[i], label, i, stated)
+        if self.cfg.instruction_placement == "question":
+            return Example("instructed", f"{instruction} {question}", context, pool.images[i], label, i, stated)
+        return Example("instructed", question, context, pool.images[i], label, i, stated, preamble=instruction)
 
 
 def _encode(processor: Any, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
     from hooks.prompts import render_prompt
 
-    prompts = [render_prompt(processor, question=e.question, context=e.context, with_image=e.image is not None)
-               for e in examples]
+    prompts = [render_prompt(processor, question=e.question, context=e.context, with_image=e.image is not None,
+                             preamble=e.preamble) for e in examples]
     if examples[0].image is not None:
         out = processor(text=prompts, images=[[e.image] for e in examples], return_tensors="pt", padding=True)
     else:

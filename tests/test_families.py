@@ -170,3 +170,34 @@ def test_qwen_without_mm_token_type_ids_is_refused():
     inputs = {k: v for k, v in batch.inputs.items() if k != "mm_token_type_ids"}
     with pytest.raises(ValueError, match="mm_token_type_ids"):
         vlm.lens(inputs)
+
+
+def test_preamble_comes_first_and_leaves_the_spans_alone(vlm):
+    """An instruction placed at the start of the user turn precedes the image and the context
+    in every pass; the context and question spans still decode to their own text."""
+    from hooks.patching import TEXT_INSTRUCTION, with_instruction
+
+    items = with_instruction(ITEMS, TEXT_INSTRUCTION, placement="start")
+    assert all(it.preamble == TEXT_INSTRUCTION and it.question == orig.question for it, orig in zip(items, ITEMS))
+    tok = vlm.tokenizer
+    alone = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    want = alone(TEXT_INSTRUCTION)
+    templated = bool(getattr(vlm.processor, "chat_template", None))
+    for name, batch in vlm.passes(items, ("vision", "text", "conflict")).items():
+        plain = vlm.passes(ITEMS, (name,))[name]
+        for b, (g, item) in enumerate(zip(batch.geometry, items)):
+            ids = batch.inputs["input_ids"][b].tolist()
+            starts = [s for s in range(g.n_pad, len(ids) - len(want) + 1) if ids[s:s + len(want)] == want]
+            assert len(starts) == 1, f"{name} row {b}: the instruction's tokens appear {len(starts)} times"
+            end = starts[0] + len(want)
+            if g.context_span:
+                assert end <= g.context_span[0]
+                assert ids[slice(*g.context_span)] == alone(item.context)
+            if g.image_span and templated:  # a template-less processor puts its image tokens first
+                assert end <= g.image_span[0]
+            assert ids[slice(*g.question_span)] == alone(item.question)
+            # the preamble adds exactly its own tokens (and at most a separator) to the row
+            unpadded = len(ids) - g.n_pad
+            base = plain.geometry[b]
+            assert 0 <= unpadded - (base.length - base.n_pad) - len(want) <= 1
+            assert len(g.image_positions) == len(base.image_positions)

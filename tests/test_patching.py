@@ -469,3 +469,17 @@ def test_steering_in_chunks_and_windows_equals_one_batch_per_window():
         whole[0].rows[0].mean_logit_diff != pytest.approx(whole[1].rows[0].mean_logit_diff)  # windows differ
     with pytest.raises(P.PatchingError, match="batch_size"):
         P.steering_effects(vlm, items, pairs, direction, batch_size=0)
+
+
+def test_with_instruction_places_the_instruction_where_asked():
+    from hooks.prompts import PromptItem
+
+    items = [PromptItem("what colour ?", "it is red .", None), PromptItem("what shape ?", None, None, "be brief .")]
+    start = P.with_instruction(items, " use the text . ", placement="start")
+    assert [it.preamble for it in start] == ["use the text .", "be brief . use the text ."]
+    assert [(it.question, it.context) for it in start] == [(it.question, it.context) for it in items]
+    question = P.with_instruction(items, "use the text .")
+    assert [it.question for it in question] == ["use the text . what colour ?", "use the text . what shape ?"]
+    assert [it.preamble for it in question] == [None, "be brief ."]
+    with pytest.raises(ValueError, match="placement"):
+        P.with_instruction(items, "use the text .", placement="end")

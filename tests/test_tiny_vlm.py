@@ -103,3 +103,23 @@ def test_shipped_checkpoint_follows_the_trained_instructions_on_easy_conflicts()
     out = instruction_following(vlm, cases, batch_size=12)
     assert out["n"] == 12
     assert out["text"]["instructed"] >= 10 / 12 and out["image"]["instructed"] >= 10 / 12, out
+
+
+def test_instruction_placement_moves_only_the_instruction():
+    """`instruction_placement="start"` draws the same examples, with the instruction as the
+    preamble instead of in front of the question."""
+    from hooks.tiny_vlm import TrainingMix
+
+    pool = ScenePool.draw(28, 0, 64)
+    before = TrainingMix(pool, TinyVLMConfig(**TINY))
+    start = TrainingMix(pool, TinyVLMConfig(**TINY, instruction_placement="start"))
+    n_instructed = 0
+    for _ in range(600):
+        a, b = before.sample(), start.sample()
+        assert (a.kind, a.context, a.label, a.scene, a.stated) == (b.kind, b.context, b.label, b.scene, b.stated)
+        if a.kind != "instructed":
+            assert a == b
+            continue
+        n_instructed += 1
+        assert a.preamble is None and b.preamble and a.question == f"{b.preamble} {b.question}"
+    assert n_instructed > 20
