@@ -30,9 +30,12 @@ change of logit(text) - logit(vision) at the answer position is recorded. Writes
    all layers (`--all-windows`: also each layer alone; `--steer-layers`: one window of your
    own): TFR with a paired bootstrap CI of its shift, and the balance point, per alpha.
    Two directions: the MC² instruction contrast ("use the text to answer ." minus "use the
-   image to answer ." prepended to the question) and a relevance contrast (conflict cases
-   minus their text-irrelevant controls). Alpha is a fraction of the mean state norm at each
-   layer (`SteeringDirection.relative`).
+   image to answer ." prepended to the question; `--placement start`: at the start of the
+   user turn) and a relevance contrast (conflict cases minus their text-irrelevant controls).
+   Alpha is a fraction of the mean state norm at each layer (`SteeringDirection.relative`).
+4. `--lever MAX_NORM`: per layer, the best single vector for text-following on the fit cases
+   (`hooks.patching.optimize_direction`), applied with -v, -v/2, +v/2, +v to the default set:
+   a bound on what any additive direction of that size can do there.
 """
 
 from __future__ import annotations
@@ -297,6 +300,34 @@ def steering_measurement(vlm: Any, fit_seed: int, eval_seed: int, alphas: Sequen
             "windows": [report.to_dict() for report in reports]}
 
 
+def lever_bound(vlm: Any, fit_seed: int, eval_seed: int, layers: Sequence[int], max_norm: float,
+                where: str = "answer", correct_only: bool = True, batch_size: int = 64,
+                n_per_cell: int | None = None) -> dict[str, Any]:
+    """For each layer, the best single vector for text-following on the fit cases
+    (`hooks.patching.optimize_direction`: max_norm x the mean state norm, at `where`), then
+    TFR on the default conflict set with -v, -v/2, 0, +v/2, +v: does the model have a
+    sign-consistent additive lever at that layer at all?"""
+    from hooks.patching import optimize_direction, steering_effect
+
+    fit, _, _ = steering_cases(fit_seed)
+    fit_batch = vlm.passes([prompt_item(c) for c in fit], ("conflict",))["conflict"]
+    fit_pairs = pairs_for(vlm.tokenizer, [(c, None) for c in fit])
+    held = default_conflict_set(eval_seed, n_per_cell)
+    items, pairs = [prompt_item(c) for c in held], pairs_for(vlm.tokenizer, [(c, None) for c in held])
+    out = {"max_norm": max_norm, "where": where, "n_fit": len(fit), "fit_seed": fit_seed, "eval_seed": eval_seed,
+           "layers": []}
+    for layer in layers:
+        opt = optimize_direction(vlm, fit_batch, fit_pairs, layer=layer, where=where, max_norm=max_norm)
+        report = steering_effect(vlm, items, pairs, opt.direction, alphas=(-1.0, -0.5, 0.5, 1.0), layers=[layer],
+                                 where=where, correct_only=correct_only, batch_size=batch_size)
+        print(f"optimised lever at layer {layer} (|v| <= {max_norm} x state norm {opt.direction.state_norms[layer]:.2f}"
+              f", at {where!r}): fit-set mean logit diff {opt.history[0]:+.3f} -> {opt.final:+.3f}; alpha in units of v")
+        print(report)
+        out["layers"].append({"layer": layer, "fit_before": opt.history[0], "fit_after": opt.final,
+                              "norm": float(opt.direction.norms[layer]), "report": report.to_dict()})
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -326,6 +357,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--placement", choices=("question", "start"), default="question",
                         help="where the instructions of the instruction direction go: before the question "
                              "(default; where data/tiny_vlm was trained with them) or at the start of the user turn")
+    parser.add_argument("--lever", type=float, default=None, metavar="MAX_NORM",
+                        help="with --effects: also find, per layer, the best single vector for text-following on the "
+                             "fit cases (|v| <= MAX_NORM x the mean state norm) and steer the default set with +-v")
     parser.add_argument("--text-instruction", default=None)
     parser.add_argument("--image-instruction", default=None)
     parser.add_argument("--all-cases", action="store_true",
@@ -360,6 +394,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.text_instruction or TEXT_INSTRUCTION, args.image_instruction or IMAGE_INSTRUCTION,
                 correct_only=not args.all_cases, kind=kind, relative=not args.raw_alpha,
                 n_per_cell=args.steer_groups, where=args.steer_where, placement=args.placement)
+        if args.lever is not None:
+            effects["lever"] = lever_bound(vlm, args.seed + 2, args.seed, args.steer_layers or range(vlm.n_layers),
+                                           args.lever, where=args.steer_where, correct_only=not args.all_cases,
+                                           n_per_cell=args.steer_groups)
         (out / "effects.json").write_text(json.dumps(_finite(effects), indent=1))
         print(f"effects written to {out / 'effects.json'} ({time.perf_counter() - start:.1f} s)")
     return 0

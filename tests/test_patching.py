@@ -483,3 +483,57 @@ def test_with_instruction_places_the_instruction_where_asked():
     assert [it.preamble for it in question] == [None, "be brief ."]
     with pytest.raises(ValueError, match="placement"):
         P.with_instruction(items, "use the text .", placement="end")
+
+
+def test_optimized_direction_is_what_steer_applies_and_respects_its_bound(vlm):
+    target, pairs = _conflict(vlm, TARGET), _pairs(vlm)
+    layer = 1
+    got = P.optimize_direction(vlm, target, pairs, layer=layer, max_norm=0.5, steps=8)
+    # the state norm it scales by: the mean norm of resid_post at the answer position (plain hook)
+    seen = []
+    handle = vlm.layers[layer].register_forward_hook(lambda mod, args, out: seen.append(
+        (out[0] if isinstance(out, tuple) else out)[:, -1].norm(dim=-1).mean().item()))
+    try:
+        _plain(vlm, target.inputs)
+    finally:
+        handle.remove()
+    assert got.direction.state_norms[layer].item() == pytest.approx(seen[0], rel=1e-5)
+    assert got.direction.norms[layer].item() <= 0.5 * seen[0] * (1 + 1e-5)
+    others = [l for l in range(vlm.n_layers) if l != layer]
+    assert (got.direction.vectors[others] == 0).all()
+    # its objective values are those of the nnsight steering path with alpha 1 (and 0)
+    steered = P.steer(vlm, target, pairs, got.direction, alpha=1.0, layers=[layer])
+    assert got.history[0] == pytest.approx(steered.clean.logit_diff.mean().item(), abs=1e-4)
+    assert got.final == pytest.approx(steered.intervened.logit_diff.mean().item(), abs=1e-4)
+    assert len(got.history) == 8 and got.final > got.history[0]
+
+
+def test_optimized_direction_first_step_follows_the_finite_difference_gradient():
+    """Adam's first step moves each coordinate by lr in the sign of the gradient: compare the
+    signs with central differences of the objective taken through `steer` (no autograd)."""
+    vlm = load_vlm(tiny_model("llava"))
+    target, pairs = _conflict(vlm, TARGET), _pairs(vlm)
+    got = P.optimize_direction(vlm, target, pairs, layer=0, max_norm=100.0, steps=1, lr=0.01)
+    v = got.direction.vectors[0].float()
+    assert torch.allclose(v.abs(), torch.full_like(v, 0.01), rtol=1e-3)
+    eps, checked = 1e-2, 0
+    for i in torch.randperm(v.numel(), generator=torch.Generator().manual_seed(0))[:12].tolist():
+        basis = torch.zeros_like(got.direction.vectors)
+        basis[0, i] = 1.0
+        e = P.SteeringDirection(basis, "e", "0", 1, 1)
+        up = P.steer(vlm, target, pairs, e, alpha=eps, layers=[0]).intervened.logit_diff.mean().item()
+        down = P.steer(vlm, target, pairs, e, alpha=-eps, layers=[0]).intervened.logit_diff.mean().item()
+        fd = (up - down) / (2 * eps)
+        if abs(fd) > 1e-4:
+            checked += 1
+            assert np.sign(fd) == np.sign(v[i].item()), (i, fd, v[i].item())
+    assert checked >= 6
+
+
+def test_optimize_direction_refuses_bad_arguments():
+    vlm = load_vlm(tiny_model("llava"))
+    target, pairs = _conflict(vlm, TARGET), _pairs(vlm)
+    with pytest.raises(P.PatchingError, match="steps"):
+        P.optimize_direction(vlm, target, pairs, layer=0, steps=0)
+    with pytest.raises(P.PatchingError, match="max_norm"):
+        P.optimize_direction(vlm, target, pairs, layer=0, max_norm=0)
