@@ -307,9 +307,10 @@ def lever_bound(vlm: Any, fit_seed: int, eval_seed: int, layers: Sequence[int], 
     (`hooks.patching.optimize_direction`: max_norm x the mean state norm, at `where`), then
     TFR on the default conflict set with -v, -v/2, 0, +v/2, +v: does the model have a
     sign-consistent additive lever at that layer at all?"""
-    from hooks.patching import optimize_direction, steering_effect
+    from hooks.patching import instruction_direction, optimize_direction, steering_effect
 
     fit, _, _ = steering_cases(fit_seed)
+    mc2 = instruction_direction(vlm, [prompt_item(c) for c in fit]).vectors.float()
     fit_batch = vlm.passes([prompt_item(c) for c in fit], ("conflict",))["conflict"]
     fit_pairs = pairs_for(vlm.tokenizer, [(c, None) for c in fit])
     held = default_conflict_set(eval_seed, n_per_cell)
@@ -320,10 +321,12 @@ def lever_bound(vlm: Any, fit_seed: int, eval_seed: int, layers: Sequence[int], 
         opt = optimize_direction(vlm, fit_batch, fit_pairs, layer=layer, where=where, max_norm=max_norm)
         report = steering_effect(vlm, items, pairs, opt.direction, alphas=(-1.0, -0.5, 0.5, 1.0), layers=[layer],
                                  where=where, correct_only=correct_only, batch_size=batch_size)
+        cosine = float(torch.nn.functional.cosine_similarity(opt.direction.vectors[layer].float(), mc2[layer], dim=0))
         print(f"optimised lever at layer {layer} (|v| <= {max_norm} x state norm {opt.direction.state_norms[layer]:.2f}"
-              f", at {where!r}): fit-set mean logit diff {opt.history[0]:+.3f} -> {opt.final:+.3f}; alpha in units of v")
+              f", at {where!r}): fit-set mean logit diff {opt.history[0]:+.3f} -> {opt.final:+.3f}; cosine with the "
+              f"MC² instruction direction {cosine:+.3f}; alpha in units of v")
         print(report)
-        out["layers"].append({"layer": layer, "fit_before": opt.history[0], "fit_after": opt.final,
+        out["layers"].append({"layer": layer, "fit_before": opt.history[0], "fit_after": opt.final, "cosine_mc2": cosine,
                               "norm": float(opt.direction.norms[layer]), "report": report.to_dict()})
     return out
 

@@ -45,7 +45,8 @@ def metrics_table(m: dict) -> str:
     ins = m.get("instruction_following")
     if ins:
         lines.append(
-            f"- instructed conflict pass ({ins['n']} cases, \"{INSTRUCTIONS[0].format(m='...')}\" before the question): "
+            f"- instructed conflict pass ({ins['n']} cases, \"{INSTRUCTIONS[0].format(m='...')}\" "
+            f"{PLACED[ins.get('placement', 'question')]}): "
             f"\"text\" -> the text's colour {ins['text']['instructed']:.1%} (the image's {ins['text']['other']:.1%}); "
             f"\"image\" -> the image's colour {ins['image']['instructed']:.1%} (the text's {ins['image']['other']:.1%})")
         if ins.get("n_kept"):
@@ -142,6 +143,9 @@ def write_card(out: Path, cfg: TinyVLMConfig, log: dict, m: dict, eval_seed: int
     return text
 
 
+PLACED = {"question": "before the question", "start": "at the start of the user turn"}
+
+
 def read_record(model_dir: Path) -> tuple[dict, TinyVLMConfig]:
     """(training.json of a checkpoint, its TinyVLMConfig; JSON lists back to tuples)."""
     record = json.loads((model_dir / "training.json").read_text())
@@ -154,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--seed", type=int, default=TinyVLMConfig.seed)
     parser.add_argument("--steps", type=int, default=TinyVLMConfig.steps)
+    parser.add_argument("--instruction-placement", choices=tuple(PLACED), default=TinyVLMConfig.instruction_placement,
+                        help="where instructed training examples carry their instruction (default: before the question)")
     parser.add_argument("--eval-seed", type=int, default=1000)
     parser.add_argument("--eval-n", type=int, default=16, help="held-out groups per (visual, text) tier cell")
     parser.add_argument("--metrics-only", type=Path, default=None, metavar="DIR",
@@ -171,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     from hooks.loading import load_vlm
 
     if args.metrics_only is not None:
-        m = evaluate(load_vlm(args.metrics_only), n_per_cell=args.eval_n, seed=args.eval_seed)
+        trained = (read_record(args.metrics_only)[1] if (args.metrics_only / "training.json").exists()
+                   else TinyVLMConfig())
+        m = evaluate(load_vlm(args.metrics_only), n_per_cell=args.eval_n, seed=args.eval_seed,
+                     placement=trained.instruction_placement)
         print(metrics_table(m))
         if args.save_metrics:
             record, cfg = read_record(args.metrics_only)
@@ -179,11 +188,11 @@ def main(argv: list[str] | None = None) -> int:
                 json.dumps({**record, "metrics": m}, indent=2, sort_keys=True) + "\n")
             write_card(args.metrics_only, cfg, record["log"], m, args.eval_seed, args.eval_n)
         return 0
-    cfg = TinyVLMConfig(seed=args.seed, steps=args.steps)
+    cfg = TinyVLMConfig(seed=args.seed, steps=args.steps, instruction_placement=args.instruction_placement)
     start = time.time()
     model, processor, log = train(cfg)
     save(model, processor, args.out, metadata={"config": cfg.to_dict(), "log": log})
-    m = evaluate(load_vlm(args.out), n_per_cell=args.eval_n, seed=args.eval_seed)
+    m = evaluate(load_vlm(args.out), n_per_cell=args.eval_n, seed=args.eval_seed, placement=cfg.instruction_placement)
     log["total_s"] = time.time() - start
     save(model, processor, args.out, metadata={"config": cfg.to_dict(), "log": log, "metrics": m})
     write_card(args.out, cfg, log, m, args.eval_seed, args.eval_n)

@@ -19,6 +19,9 @@ colour against the image):
   from the image .", ...; `INSTRUCTIONS`). The context states a wrong colour with probability
   `instructed_conflict`; the label is the colour of the named modality. This is the one place a
   label can be the text's colour against the image, and only under an explicit instruction.
+  The instruction goes before the question (`instruction_placement="question"`, shipped) or
+  at the start of the user turn, before the image (`"start"`; measured in
+  docs/interventions.md, not shipped: TFR fell to 0.18 with no balance point).
 
 So the model can learn how far to trust each modality at each difficulty; what it does when
 they disagree without an instruction is not taught by any rule, it follows from what it
@@ -210,6 +213,9 @@ class TrainingMix:
     rng: np.random.Generator = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.cfg.instruction_placement not in ("question", "start"):
+            raise ValueError(f"instruction_placement must be 'question' or 'start', got "
+                             f"{self.cfg.instruction_placement!r}")
         self.rng = np.random.default_rng([self.cfg.seed, 13])
         self._by_tier: dict[int, np.ndarray] = {}
 
@@ -371,7 +377,7 @@ def save(model: Any, processor: Any, out: str | Path, *, card: str | None = None
 
 
 def evaluate(vlm: Any, *, n_per_cell: int = 4, seed: int = 1000, image_size: int = 64, batch_size: int = 32,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, placement: str = "question") -> dict[str, Any]:
     """Held-out metrics on the built-in colour set (conflict cases, no controls).
 
     Returns per-tier accuracy and mean entropy for each modality, the Spearman correlation of
@@ -401,7 +407,7 @@ def evaluate(vlm: Any, *, n_per_cell: int = 4, seed: int = 1000, image_size: int
     correct = {r["case_id"]: bool(r["vision_correct"] and r["text_correct"]) for r in rows}
     conflict = [c for c in cases if c.control is None]
     instructed = instruction_following(vlm, conflict, kept=[correct[c.id] for c in conflict],
-                                       batch_size=batch_size)
+                                       batch_size=batch_size, placement=placement)
     ratios = tfr_vfr([r["label"] for r in kept])
     decided = [r for r in kept if r["label"] in ("text", "vision")]
     curve = fit_following(np.array([r["dh_rel"] for r in decided]), np.array([r["label"] == "text" for r in decided]),
@@ -420,10 +426,10 @@ def evaluate(vlm: Any, *, n_per_cell: int = 4, seed: int = 1000, image_size: int
 
 
 def instruction_following(vlm: Any, cases: Sequence[Any], *, kept: Sequence[bool] | None = None,
-                          batch_size: int = 32) -> dict[str, Any]:
+                          batch_size: int = 32, placement: str = "question") -> dict[str, Any]:
     """Conflict pass of each case under each modality instruction of `INSTRUCTIONS[0]` (the
-    phrasing `hooks.patching` steers with), prepended to the question as
-    `hooks.patching.with_instruction` does: the share of cases answered with the instructed
+    phrasing `hooks.patching` steers with), placed as `hooks.patching.with_instruction` does
+    (`placement`: where the model was trained with it): the share of cases answered with the instructed
     modality's colour ("text": the context's, "image": the scene's), and with the other one;
     over every case and over the `kept` ones (e.g. right in both unimodal passes)."""
     from hooks.patching import read_answer, with_instruction
@@ -431,7 +437,7 @@ def instruction_following(vlm: Any, cases: Sequence[Any], *, kept: Sequence[bool
     from interp.candidates import candidate_pair
     from interp.datasets.text import INSTRUCTION
 
-    out: dict[str, Any] = {"n": len(cases)}
+    out: dict[str, Any] = {"n": len(cases), "placement": placement}
     for modality, own in (("text", "text"), ("image", "vision")):
         labels: list[str] = []
         for start in range(0, len(cases), batch_size):
@@ -439,7 +445,8 @@ def instruction_following(vlm: Any, cases: Sequence[Any], *, kept: Sequence[bool
             items = [PromptItem(f"{c.question} {INSTRUCTION}", c.context, c.open_image()) for c in chunk]
             pairs = [candidate_pair(vlm.tokenizer, c.text_answer, c.image_answer, tuple(c.text_candidates)[1:],
                                     tuple(c.image_candidates)[1:]) for c in chunk]
-            batch = vlm.passes(with_instruction(items, INSTRUCTIONS[0].format(m=modality)), ("conflict",))["conflict"]
+            instructed = with_instruction(items, INSTRUCTIONS[0].format(m=modality), placement=placement)
+            batch = vlm.passes(instructed, ("conflict",))["conflict"]
             labels += read_answer(vlm, batch, pairs).labels(pairs)
         other = "vision" if own == "text" else "text"
         sub = [lab for lab, k in zip(labels, kept or ()) if k]

@@ -32,10 +32,15 @@ def test_oscillation_sweep_script(tmp_path):
 
 def test_activation_patching_script_with_effects(tmp_path):
     out = run("activation_patching.py", "--model", "tiny:llava", "--out", str(tmp_path / "p"), "--n-cases", "24",
-              "--effects", "--n-effect-cases", "24", "--steer-groups", "1", "--alpha", "0.3", cwd=tmp_path)
+              "--effects", "--n-effect-cases", "24", "--steer-groups", "1", "--alpha", "0.3", "--lever", "0.3",
+              cwd=tmp_path)
     assert "steering at layers" in out
     effects = json.loads((tmp_path / "p" / "effects.json").read_text())
-    assert {"image_swap", "knockout", "steering_instruction", "steering_relevance"} <= set(effects)
+    assert {"image_swap", "knockout", "steering_instruction", "steering_relevance", "lever"} <= set(effects)
+    lever = effects["lever"]["layers"]
+    assert [entry["layer"] for entry in lever] == [0, 1, 2, 3]
+    assert all(-1 <= entry["cosine_mc2"] <= 1 and [r["alpha"] for r in entry["report"]["rows"]] == [-1, -0.5, 0, 0.5, 1]
+               for entry in lever)
     windows = effects["steering_instruction"]["windows"]
     assert [w["layers"] for w in windows] == [[0, 1], [2, 3], [0, 1, 2, 3]]  # tiny:llava: 4 decoder layers
     assert all(len(w["rows"]) == 3 for w in windows)  # -0.3, 0, +0.3
