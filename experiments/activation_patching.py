@@ -302,15 +302,16 @@ def steering_measurement(vlm: Any, fit_seed: int, eval_seed: int, alphas: Sequen
 
 def lever_bound(vlm: Any, fit_seed: int, eval_seed: int, layers: Sequence[int], max_norm: float,
                 where: str = "answer", correct_only: bool = True, batch_size: int = 64,
-                n_per_cell: int | None = None) -> dict[str, Any]:
+                n_per_cell: int | None = None, placement: str = "question") -> dict[str, Any]:
     """For each layer, the best single vector for text-following on the fit cases
     (`hooks.patching.optimize_direction`: max_norm x the mean state norm, at `where`), then
     TFR on the default conflict set with -v, -v/2, 0, +v/2, +v: does the model have a
-    sign-consistent additive lever at that layer at all?"""
+    sign-consistent additive lever at that layer at all? Also the cosine of v with the MC²
+    instruction direction (instructions at `placement`) of that layer."""
     from hooks.patching import instruction_direction, optimize_direction, steering_effect
 
     fit, _, _ = steering_cases(fit_seed)
-    mc2 = instruction_direction(vlm, [prompt_item(c) for c in fit]).vectors.float()
+    mc2 = instruction_direction(vlm, [prompt_item(c) for c in fit], placement=placement).vectors.float()
     fit_batch = vlm.passes([prompt_item(c) for c in fit], ("conflict",))["conflict"]
     fit_pairs = pairs_for(vlm.tokenizer, [(c, None) for c in fit])
     held = default_conflict_set(eval_seed, n_per_cell)
@@ -369,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="steering TFR over every case, not only those right in both unimodal passes")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.lever is not None and not args.effects:
+        parser.error("--lever is one of the effect measurements; add --effects")
 
     from hooks.loading import load_vlm
     from hooks.patching import IMAGE_INSTRUCTION, TEXT_INSTRUCTION
@@ -400,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.lever is not None:
             effects["lever"] = lever_bound(vlm, args.seed + 2, args.seed, args.steer_layers or range(vlm.n_layers),
                                            args.lever, where=args.steer_where, correct_only=not args.all_cases,
-                                           n_per_cell=args.steer_groups)
+                                           n_per_cell=args.steer_groups, placement=args.placement)
         (out / "effects.json").write_text(json.dumps(_finite(effects), indent=1))
         print(f"effects written to {out / 'effects.json'} ({time.perf_counter() - start:.1f} s)")
     return 0

@@ -46,3 +46,11 @@ def test_activation_patching_script_with_effects(tmp_path):
     assert all(len(w["rows"]) == 3 for w in windows)  # -0.3, 0, +0.3
     for name in ("patching.png", "patching.json", "patching.npz"):
         assert (tmp_path / "p" / name).stat().st_size > 0
+
+
+def test_activation_patching_refuses_lever_without_effects(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "experiments" / "activation_patching.py"), "--out",
+                           str(tmp_path / "p"), "--lever", "0.3"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "add --effects" in done.stderr
+    assert not (tmp_path / "p").exists()
