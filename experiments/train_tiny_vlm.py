@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=TinyVLMConfig.steps)
     parser.add_argument("--instruction-placement", choices=tuple(PLACED), default=TinyVLMConfig.instruction_placement,
                         help="where instructed training examples carry their instruction (default: before the question)")
+    parser.add_argument("--text-layers", type=int, default=TinyVLMConfig.text_layers,
+                        help="decoder layers of the language model")
     parser.add_argument("--eval-seed", type=int, default=1000)
     parser.add_argument("--eval-n", type=int, default=16, help="held-out groups per (visual, text) tier cell")
     parser.add_argument("--metrics-only", type=Path, default=None, metavar="DIR",
@@ -188,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                 json.dumps({**record, "metrics": m}, indent=2, sort_keys=True) + "\n")
             write_card(args.metrics_only, cfg, record["log"], m, args.eval_seed, args.eval_n)
         return 0
-    cfg = TinyVLMConfig(seed=args.seed, steps=args.steps, instruction_placement=args.instruction_placement)
+    cfg = TinyVLMConfig(seed=args.seed, steps=args.steps, instruction_placement=args.instruction_placement,
+                        text_layers=args.text_layers)
     start = time.time()
     model, processor, log = train(cfg)
     save(model, processor, args.out, metadata={"config": cfg.to_dict(), "log": log})
