@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="where instructed training examples carry their instruction (default: before the question)")
     parser.add_argument("--text-layers", type=int, default=TinyVLMConfig.text_layers,
                         help="decoder layers of the language model")
+    parser.add_argument("--text-reliability", type=float, nargs="+", default=None, metavar="P",
+                        help="P(the context states the true colour) per text tier (default: TEXT_RELIABILITY)")
     parser.add_argument("--eval-seed", type=int, default=1000)
     parser.add_argument("--eval-n", type=int, default=16, help="held-out groups per (visual, text) tier cell")
     parser.add_argument("--metrics-only", type=Path, default=None, metavar="DIR",
@@ -191,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             write_card(args.metrics_only, cfg, record["log"], m, args.eval_seed, args.eval_n)
         return 0
     cfg = TinyVLMConfig(seed=args.seed, steps=args.steps, instruction_placement=args.instruction_placement,
-                        text_layers=args.text_layers)
+                        text_layers=args.text_layers,
+                        text_reliability=tuple(args.text_reliability or TinyVLMConfig.text_reliability))
     start = time.time()
     model, processor, log = train(cfg)
     save(model, processor, args.out, metadata={"config": cfg.to_dict(), "log": log})

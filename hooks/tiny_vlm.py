@@ -216,6 +216,9 @@ class TrainingMix:
         if self.cfg.instruction_placement not in ("question", "start"):
             raise ValueError(f"instruction_placement must be 'question' or 'start', got "
                              f"{self.cfg.instruction_placement!r}")
+        rel = self.cfg.text_reliability
+        if len(rel) != 4 or not all(0 <= p <= 1 for p in rel):
+            raise ValueError(f"text_reliability needs one probability per text tier (4, each in [0, 1]), got {rel}")
         self.rng = np.random.default_rng([self.cfg.seed, 13])
         self._by_tier: dict[int, np.ndarray] = {}
 

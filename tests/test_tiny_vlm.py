@@ -123,3 +123,13 @@ def test_instruction_placement_moves_only_the_instruction():
         n_instructed += 1
         assert a.preamble is None and b.preamble and a.question == f"{b.preamble} {b.question}"
     assert n_instructed > 20
+
+
+def test_training_mix_refuses_bad_settings():
+    from hooks.tiny_vlm import TrainingMix
+
+    pool = ScenePool.draw(4, 0, 64)
+    with pytest.raises(ValueError, match="instruction_placement"):
+        TrainingMix(pool, TinyVLMConfig(**TINY, instruction_placement="end"))
+    with pytest.raises(ValueError, match="one probability per text tier"):
+        TrainingMix(pool, TinyVLMConfig(**TINY, text_reliability=(0.9, 0.8)))
