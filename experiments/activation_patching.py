@@ -308,20 +308,27 @@ def lever_bound(vlm: Any, fit_seed: int, eval_seed: int, layers: Sequence[int], 
     TFR on the default conflict set with -v, -v/2, 0, +v/2, +v: does the model have a
     sign-consistent additive lever at that layer at all? Also the cosine of v with the MC²
     instruction direction (instructions at `placement`) of that layer."""
-    from hooks.patching import instruction_direction, optimize_direction, steering_effect
+    from hooks.patching import SteeringDirection, instruction_direction, optimize_direction, steering_effects
 
+    layers = list(dict.fromkeys(layers))
     fit, _, _ = steering_cases(fit_seed)
-    mc2 = instruction_direction(vlm, [prompt_item(c) for c in fit], placement=placement).vectors.float()
-    fit_batch = vlm.passes([prompt_item(c) for c in fit], ("conflict",))["conflict"]
+    fit_items = [prompt_item(c) for c in fit]
+    mc2 = instruction_direction(vlm, fit_items, placement=placement).vectors.float()
+    fit_batch = vlm.passes(fit_items, ("conflict",))["conflict"]
     fit_pairs = pairs_for(vlm.tokenizer, [(c, None) for c in fit])
+    fits = [optimize_direction(vlm, fit_batch, fit_pairs, layer=layer, where=where, max_norm=max_norm)
+            for layer in layers]
+    # one direction holding each layer's v (each fit is zero at every other layer): a window of
+    # one layer adds only that layer's vector, and the unimodal passes run once for all layers
+    combined = SteeringDirection(sum(opt.direction.vectors for opt in fits), fits[0].direction.plus,
+                                 fits[0].direction.minus, len(fit), len(fit))
     held = default_conflict_set(eval_seed, n_per_cell)
-    items, pairs = [prompt_item(c) for c in held], pairs_for(vlm.tokenizer, [(c, None) for c in held])
+    reports = steering_effects(vlm, [prompt_item(c) for c in held], pairs_for(vlm.tokenizer, [(c, None) for c in held]),
+                               combined, alphas=(-1.0, -0.5, 0.5, 1.0), windows=[(layer,) for layer in layers],
+                               where=where, correct_only=correct_only, batch_size=batch_size)
     out = {"max_norm": max_norm, "where": where, "n_fit": len(fit), "fit_seed": fit_seed, "eval_seed": eval_seed,
            "layers": []}
-    for layer in layers:
-        opt = optimize_direction(vlm, fit_batch, fit_pairs, layer=layer, where=where, max_norm=max_norm)
-        report = steering_effect(vlm, items, pairs, opt.direction, alphas=(-1.0, -0.5, 0.5, 1.0), layers=[layer],
-                                 where=where, correct_only=correct_only, batch_size=batch_size)
+    for layer, opt, report in zip(layers, fits, reports):
         cosine = float(torch.nn.functional.cosine_similarity(opt.direction.vectors[layer].float(), mc2[layer], dim=0))
         print(f"optimised lever at layer {layer} (|v| <= {max_norm} x state norm {opt.direction.state_norms[layer]:.2f}"
               f", at {where!r}): fit-set mean logit diff {opt.history[0]:+.3f} -> {opt.final:+.3f}; cosine with the "
@@ -333,6 +340,8 @@ def lever_bound(vlm: Any, fit_seed: int, eval_seed: int, layers: Sequence[int], 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from hooks.patching import INSTRUCTION_PLACEMENTS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (created)")
@@ -358,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(default: the main job's 16)")
     parser.add_argument("--steer-where", default="answer",
                         help="positions the direction is added at: answer (default), all, after:context, ...")
-    parser.add_argument("--placement", choices=("question", "start"), default="question",
+    parser.add_argument("--placement", choices=INSTRUCTION_PLACEMENTS, default="question",
                         help="where the instructions of the instruction direction go: before the question "
                              "(default; where data/tiny_vlm was trained with them) or at the start of the user turn")
     parser.add_argument("--lever", type=float, default=None, metavar="MAX_NORM",

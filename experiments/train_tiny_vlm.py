@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from hooks.patching import INSTRUCTION_PLACEMENTS
 from hooks.tiny_vlm import DEFAULT_DIR, INSTRUCTIONS, TinyVLMConfig, evaluate, save, train
 
 
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--seed", type=int, default=TinyVLMConfig.seed)
     parser.add_argument("--steps", type=int, default=TinyVLMConfig.steps)
-    parser.add_argument("--instruction-placement", choices=tuple(PLACED), default=TinyVLMConfig.instruction_placement,
+    parser.add_argument("--instruction-placement", choices=INSTRUCTION_PLACEMENTS,
+                        default=TinyVLMConfig.instruction_placement,
                         help="where instructed training examples carry their instruction (default: before the question)")
     parser.add_argument("--text-layers", type=int, default=TinyVLMConfig.text_layers,
                         help="decoder layers of the language model")

@@ -213,8 +213,10 @@ class TrainingMix:
     rng: np.random.Generator = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.cfg.instruction_placement not in ("question", "start"):
-            raise ValueError(f"instruction_placement must be 'question' or 'start', got "
+        from hooks.patching import INSTRUCTION_PLACEMENTS
+
+        if self.cfg.instruction_placement not in INSTRUCTION_PLACEMENTS:
+            raise ValueError(f"instruction_placement must be one of {INSTRUCTION_PLACEMENTS}, got "
                              f"{self.cfg.instruction_placement!r}")
         rel = self.cfg.text_reliability
         if len(rel) != 4 or not all(0 <= p <= 1 for p in rel):
