@@ -87,15 +87,13 @@ which the vision pathway stayed at chance). In {same_colour:.0%} of the scenes d
 target's colour, so that "the colour worn by one object only" is no shortcut to the answer (in the
 evaluation set, as in the paper, it always is).
 
-Per example: with probability {instructed} an *instructed* example, else vision-only (share
-{mix_v}), text-only ({mix_t}) or both ({mix_b}).
-- Uninstructed examples: the label is always the scene's true colour. Contexts state the true
+Per example: with probability {instructed} an *instructed* example, {conflict_share}a vision-only (share
+{mix_v} of the rest), text-only ({mix_t}) or both ({mix_b}) example.
+- Vision-only, text-only and both: the label is always the scene's true colour. Contexts state the true
   colour with probability {reliability} at text tiers 0-3 and another colour otherwise (a wrong
   colour is absent from the image, as in the evaluation set); {irrelevant:.0%} of contexts speak of
-  another shape. No uninstructed example is labelled with the text's colour against the image:
-  what the model does under conflict without an instruction comes from what it learned about how
-  reliable each modality is.
-- Instructed examples: image + a relevant context + the question preceded by an instruction
+  another shape.
+{conflict_block}- Instructed examples: image + a relevant context + the question preceded by an instruction
   naming a modality ({instructions}, with "text" or "image"). The context states a wrong colour
   with probability {instructed_conflict}; the label is the named modality's colour. They give
   the model a real "follow the text" / "follow the image" distinction for MC²-style steering.
@@ -111,8 +109,9 @@ cases only (`python experiments/train_tiny_vlm.py --metrics-only data/tiny_vlm` 
 
 - Word-level vocabulary: any word outside it is `<unk>`.
 - Images other than flat-coloured shapes on white are out of distribution.
-- Text-following and vision-following here reflect the reliabilities chosen above; change
-  `TEXT_RELIABILITY` in `hooks/tiny_vlm.py` and retrain to move the balance point.
+- Text-following and vision-following here reflect the reliabilities (and any text prior) chosen
+  above; change `text_reliability` / `text_prior` of `TinyVLMConfig` in `hooks/tiny_vlm.py` and
+  retrain to move the balance point.
 - It follows an instruction only in the phrasings it was trained on ({instructions}).
 - Vision is reliable at visual tier 0 only; on tiers 5-13 its entropy is close to chance (ln 6
   = 1.79 nats), and tiers 5-6 (large distractors crowding the image) read harder than 7-8. The
@@ -138,10 +137,28 @@ def write_card(out: Path, cfg: TinyVLMConfig, log: dict, m: dict, eval_seed: int
         reliability=", ".join(f"{r:.2f}" for r in cfg.text_reliability), irrelevant=cfg.text_irrelevant_share,
         eval_seed=eval_seed, eval_n=eval_n, table=metrics_table(m), instructed=cfg.instructed_share,
         instructed_conflict=cfg.instructed_conflict,
-        instructions=", ".join(f'"{t.format(m="...")}"' for t in INSTRUCTIONS),
+        instructions=", ".join(f'"{t.format(m="...")}"' for t in INSTRUCTIONS), **conflict_text(cfg),
     )
     (out / "MODEL_CARD.md").write_text(text)
     return text
+
+
+def conflict_text(cfg: TinyVLMConfig) -> dict[str, str]:
+    """The card's words for the uninstructed conflict examples (none, or the taught text prior)."""
+    if cfg.conflict_share <= 0:
+        return {"conflict_share": "else ", "conflict_block": (
+            "- No uninstructed example is labelled with the text's colour against the image: what the model\n"
+            "  does under conflict without an instruction comes from what it learned about how reliable each\n"
+            "  modality is.\n")}
+    prior = ", ".join(f"{p:.2f}" for p in cfg.text_prior)
+    return {"conflict_share": f"with probability {cfg.conflict_share} an uninstructed *conflict* example, else ",
+            "conflict_block": (
+                "- Conflict examples: image + a relevant context stating a colour absent from the image, no\n"
+                f"  instruction; the label is the stated colour with probability {prior} at text tiers 0-3,\n"
+                "  else the image's. This is a taught text prior: without an instruction the model is meant\n"
+                "  to side with a clearly worded text part of the time even when it reads the image, as large\n"
+                "  VLMs are reported to, so that its answer under conflict is a real arbitration that an\n"
+                "  instruction, or a steering vector, can move either way.\n")}
 
 
 PLACED = {"question": "before the question", "start": "at the start of the user turn"}
@@ -166,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="decoder layers of the language model")
     parser.add_argument("--text-reliability", type=float, nargs="+", default=None, metavar="P",
                         help="P(the context states the true colour) per text tier (default: TEXT_RELIABILITY)")
+    parser.add_argument("--conflict-share", type=float, default=TinyVLMConfig.conflict_share,
+                        help="share of uninstructed conflict examples (image + a context stating a wrong colour)")
+    parser.add_argument("--text-prior", type=float, nargs="+", default=None, metavar="P",
+                        help="P(a conflict example is labelled with the text's colour) per text tier")
     parser.add_argument("--eval-seed", type=int, default=1000)
     parser.add_argument("--eval-n", type=int, default=16, help="held-out groups per (visual, text) tier cell")
     parser.add_argument("--metrics-only", type=Path, default=None, metavar="DIR",
@@ -196,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cfg = TinyVLMConfig(seed=args.seed, steps=args.steps, instruction_placement=args.instruction_placement,
                         text_layers=args.text_layers,
-                        text_reliability=tuple(args.text_reliability or TinyVLMConfig.text_reliability))
+                        text_reliability=tuple(args.text_reliability or TinyVLMConfig.text_reliability),
+                        conflict_share=args.conflict_share,
+                        text_prior=tuple(args.text_prior or TinyVLMConfig.text_prior))
     start = time.time()
     model, processor, log = train(cfg)
     save(model, processor, args.out, metadata={"config": cfg.to_dict(), "log": log})

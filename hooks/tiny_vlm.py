@@ -14,6 +14,10 @@ colour against the image):
   colour; a share of contexts speak of another shape (text-irrelevant: no information);
 - **both**: image + context + question, the context drawn exactly as for text-only. When it
   states a wrong colour, that colour is absent from the image, as in the evaluation set.
+- **conflict** (a share `conflict_share` of all examples; 0 unless set): image + a relevant
+  context stating a colour absent from the image, no instruction; the label is the stated
+  colour with probability `text_prior[text tier]`, else the true colour. A taught text prior:
+  the one way an uninstructed label can side with the text against the image.
 - **instructed** (a share `instructed_share` of all examples): image + relevant context +
   question preceded by an instruction naming a modality ("use the text to answer .", "answer
   from the image .", ...; `INSTRUCTIONS`). The context states a wrong colour with probability
@@ -97,6 +101,8 @@ class TinyVLMConfig:
     instructed_share: float = 0.1  # of all examples: image + context + an instruction naming the modality
     instructed_conflict: float = 0.5  # P(the context of an instructed example states a wrong colour)
     instruction_placement: str = "question"  # where the instruction goes: "question" (before it) or "start"
+    conflict_share: float = 0.0  # of all examples: image + a relevant context stating a wrong colour, no instruction
+    text_prior: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)  # per text tier: P(a conflict example's label is the text's)
     threads: int = 2
     curriculum_share: float = 0.15  # first share of the steps: visual tiers 0..curriculum_max_tier only
     curriculum_max_tier: int = 4
@@ -194,7 +200,7 @@ class ScenePool:
 
 @dataclass
 class Example:
-    kind: str  # "vision", "text", "both", "instructed"
+    kind: str  # "vision", "text", "both", "conflict", "instructed"
     question: str
     context: str | None
     image: Any
@@ -202,6 +208,7 @@ class Example:
     scene: int = -1  # index in the scene pool
     stated: str | None = None  # the colour the context states (None: no context)
     preamble: str | None = None  # text before the image (the instruction of an instructed example)
+    text_tier: int | None = None  # the context's text tier (recorded for conflict examples)
 
 
 @dataclass
@@ -218,9 +225,13 @@ class TrainingMix:
         if self.cfg.instruction_placement not in INSTRUCTION_PLACEMENTS:
             raise ValueError(f"instruction_placement must be one of {INSTRUCTION_PLACEMENTS}, got "
                              f"{self.cfg.instruction_placement!r}")
-        rel = self.cfg.text_reliability
-        if len(rel) != 4 or not all(0 <= p <= 1 for p in rel):
-            raise ValueError(f"text_reliability needs one probability per text tier (4, each in [0, 1]), got {rel}")
+        for name in ("text_reliability", "text_prior"):
+            probs = getattr(self.cfg, name)
+            if len(probs) != 4 or not all(0 <= p <= 1 for p in probs):
+                raise ValueError(f"{name} needs one probability per text tier (4, each in [0, 1]), got {probs}")
+        if not 0 <= self.cfg.instructed_share + self.cfg.conflict_share <= 1 or self.cfg.conflict_share < 0:
+            raise ValueError(f"conflict_share ({self.cfg.conflict_share}) must be >= 0 and, with instructed_share "
+                             f"({self.cfg.instructed_share}), sum to at most 1")
         self.rng = np.random.default_rng([self.cfg.seed, 13])
         self._by_tier: dict[int, np.ndarray] = {}
 
@@ -251,6 +262,9 @@ class TrainingMix:
             i = int(allowed[rng.integers(len(allowed))])
         if rng.random() < self.cfg.instructed_share:
             return self._instructed(i)
+        # drawn only when used, so that a recipe without conflict examples keeps its random stream
+        if self.cfg.conflict_share > 0 and rng.random() < self.cfg.conflict_share / (1 - self.cfg.instructed_share):
+            return self._conflict(i)
         kind = ("vision", "text", "both")[int(rng.choice(3, p=self.cfg.mix))]
         shape, true_colour = SHAPES[pool.target_shape[i]], COLOURS[pool.target_colour[i]]
         absent_shape, wrong = SHAPES[pool.absent_shape[i]], COLOURS[pool.absent_colour[i]]
@@ -262,6 +276,22 @@ class TrainingMix:
             context, stated = self.context(shape, absent_shape, true_colour, wrong)[:2]
         image = None if kind == "text" else pool.images[i]
         return Example(kind, question, context, image, true_colour, i, stated)
+
+    def _conflict(self, i: int) -> Example:
+        """Scene `i` with a relevant context stating a colour absent from the image, no
+        instruction; the label is the stated colour with probability `text_prior[text tier]`,
+        else the true colour (the taught text prior)."""
+        from interp.datasets.colour import COLOURS, SHAPES
+        from interp.datasets.text import COLOUR_QUESTION, INSTRUCTION, text_context
+
+        rng, pool = self.rng, self.pool
+        shape, true_colour = SHAPES[pool.target_shape[i]], COLOURS[pool.target_colour[i]]
+        stated = COLOURS[pool.absent_colour[i]]
+        tier = int(rng.integers(4))
+        context = text_context(tier, shape, stated, rng, avoid=(true_colour,))
+        label = stated if rng.random() < self.cfg.text_prior[tier] else true_colour
+        question = f"{COLOUR_QUESTION.format(shape=shape)} {INSTRUCTION}"
+        return Example("conflict", question, context, pool.images[i], label, i, stated, text_tier=tier)
 
     def _instructed(self, i: int) -> Example:
         """Scene `i` with a relevant context and an instruction naming the modality to answer from;

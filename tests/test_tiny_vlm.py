@@ -40,7 +40,7 @@ def test_training_mix_follows_the_documented_reliabilities():
     instructed = [e for e in examples if e.kind == "instructed"]
     assert abs(len(instructed) / len(examples) - cfg.instructed_share) < 0.02
     for ex in examples:  # uninstructed: the label is the scene's own colour, whatever the context says
-        if ex.kind != "instructed":
+        if ex.kind not in ("instructed", "conflict"):
             assert ex.label == COLOURS[pool.target_colour[ex.scene]], ex
     conflicting = 0
     for ex in instructed:  # instructed: the named modality's colour
@@ -105,6 +105,36 @@ def test_shipped_checkpoint_follows_the_trained_instructions_on_easy_conflicts()
     assert out["text"]["instructed"] >= 10 / 12 and out["image"]["instructed"] >= 10 / 12, out
 
 
+def test_conflict_examples_carry_the_taught_text_prior():
+    """Conflict examples: image + a relevant context stating a colour absent from the image; the
+    label is the stated colour with probability text_prior[text tier], else the true colour.
+    Without conflict examples the random stream (and so the recipe) is what it was."""
+    from hooks.tiny_vlm import TrainingMix
+    from interp.datasets.colour import COLOURS
+
+    pool = ScenePool.draw(28, 0, 64)
+    prior = (0.9, 0.6, 0.3, 0.0)
+    cfg = TinyVLMConfig(**{**TINY, "conflict_share": 0.3, "text_prior": prior})
+    mix = TrainingMix(pool, cfg)
+    examples = [mix.sample() for _ in range(8000)]
+    conflicts = [e for e in examples if e.kind == "conflict"]
+    assert abs(len(conflicts) / len(examples) - 0.3) < 0.02
+    assert abs(sum(e.kind == "instructed" for e in examples) / len(examples) - cfg.instructed_share) < 0.015
+    for e in conflicts:
+        true, absent = COLOURS[pool.target_colour[e.scene]], COLOURS[pool.absent_colour[e.scene]]
+        assert e.image is not None and e.stated == absent != true and e.preamble is None
+        if e.text_tier == 0:  # a direct statement names the stated colour
+            assert absent in e.context, e
+        assert e.label in (true, absent)
+    for tier, p in enumerate(prior):
+        at = [e for e in conflicts if e.text_tier == tier]
+        share = sum(e.label == e.stated for e in at) / len(at)
+        assert abs(share - p) < 0.06, (tier, share, len(at))
+    plain, with_prior = TrainingMix(pool, TinyVLMConfig(**TINY)), TrainingMix(pool, TinyVLMConfig(
+        **{**TINY, "text_prior": prior}))
+    assert all(a == b for a, b in zip((plain.sample() for _ in range(300)), (with_prior.sample() for _ in range(300))))
+
+
 def test_instruction_placement_moves_only_the_instruction():
     """`instruction_placement="start"` draws the same examples, with the instruction as the
     preamble instead of in front of the question."""
@@ -133,3 +163,7 @@ def test_training_mix_refuses_bad_settings():
         TrainingMix(pool, TinyVLMConfig(**TINY, instruction_placement="end"))
     with pytest.raises(ValueError, match="one probability per text tier"):
         TrainingMix(pool, TinyVLMConfig(**TINY, text_reliability=(0.9, 0.8)))
+    with pytest.raises(ValueError, match="text_prior needs one probability per text tier"):
+        TrainingMix(pool, TinyVLMConfig(**TINY, text_prior=(0.5, 0.5, 0.5, 1.5)))
+    with pytest.raises(ValueError, match="conflict_share"):
+        TrainingMix(pool, TinyVLMConfig(**TINY, conflict_share=0.95))
