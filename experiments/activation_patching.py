@@ -257,7 +257,7 @@ def steering_measurement(vlm: Any, fit_seed: int, eval_seed: int, alphas: Sequen
                          windows: Sequence[Sequence[int]] | None, text_instruction: str, image_instruction: str,
                          correct_only: bool, kind: str = "instruction", relative: bool = True,
                          batch_size: int = 64, n_per_cell: int | None = None, where: str = "answer",
-                         placement: str = "question") -> dict[str, Any]:
+                         placement: str = "question", positions: int = 1) -> dict[str, Any]:
     """A direction fit on a colour-balanced set (`steering_cases(fit_seed)`, groups 0-29), then
     TFR / balance point under steering on the main job's default conflict set (`eval_seed`),
     for each layer window.
@@ -265,18 +265,21 @@ def steering_measurement(vlm: Any, fit_seed: int, eval_seed: int, alphas: Sequen
     kind "instruction": MC², `text_instruction` minus `image_instruction` added to the fit
     cases at `placement` (`hooks.patching.with_instruction`). kind "relevance": the fit conflict cases minus their
     text-irrelevant controls (same images and colours; only whether the context speaks of the
-    asked shape differs), a direction of "the text is about the question".
+    asked shape differs), a direction of "the text is about the question". `positions` K > 1:
+    the direction spans the last K prompt positions, each added at its own position.
     """
     from hooks.patching import instruction_direction, mean_difference, steering_effects
 
     fit, fit_controls, _ = steering_cases(fit_seed)
     if kind == "instruction":
         direction = instruction_direction(vlm, [prompt_item(c) for c in fit], text_instruction=text_instruction,
-                                          image_instruction=image_instruction, placement=placement)
+                                          image_instruction=image_instruction, placement=placement,
+                                          positions=positions)
     else:
         direction = mean_difference(vlm, vlm.passes([prompt_item(c) for c in fit], ("conflict",))["conflict"],
                                     vlm.passes([prompt_item(c) for c in fit_controls], ("conflict",))["conflict"],
-                                    plus_name="conflict cases", minus_name="their text-irrelevant controls")
+                                    plus_name="conflict cases", minus_name="their text-irrelevant controls",
+                                    positions=positions)
     raw_norms = direction.norms
     if relative:
         direction = direction.relative()
@@ -290,12 +293,13 @@ def steering_measurement(vlm: Any, fit_seed: int, eval_seed: int, alphas: Sequen
     print(f"steering with the {kind} direction ({direction.plus!r} minus {direction.minus!r}; fit on {len(fit)} "
           f"cases of seed {fit_seed}), alpha {unit}; raw difference norms {[round(float(x), 3) for x in raw_norms]}, "
           f"state norms {[round(float(x), 2) for x in direction.state_norms]}; evaluated on the {len(held)} conflict "
-          f"cases of the default set (seed {eval_seed}), added at {where!r}")
+          f"cases of the default set (seed {eval_seed}), added at {where!r}"
+          + (f" (the last {positions} prompt positions, each its own vector)" if positions > 1 else ""))
     for report in reports:
         print(report)
     return {"direction": kind, "plus": direction.plus, "minus": direction.minus, "alpha_unit": unit,
             "raw_direction_norms": raw_norms.tolist(), "state_norms": direction.state_norms.tolist(),
-            "n_fit": len(fit), "fit_seed": fit_seed, "eval_seed": eval_seed, "where": where,
+            "n_fit": len(fit), "fit_seed": fit_seed, "eval_seed": eval_seed, "where": where, "positions": positions,
             "placement": placement if kind == "instruction" else None,
             "windows": [report.to_dict() for report in reports]}
 
@@ -367,6 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(default: the main job's 16)")
     parser.add_argument("--steer-where", default="answer",
                         help="positions the direction is added at: answer (default), all, after:context, ...")
+    parser.add_argument("--steer-positions", type=int, default=1, metavar="K",
+                        help="the direction spans the last K prompt positions (METHOD §4), each added at its own "
+                             "position (default 1: the answer position); needs --steer-where answer")
     parser.add_argument("--placement", choices=INSTRUCTION_PLACEMENTS, default="question",
                         help="where the instructions of the instruction direction go: before the question "
                              "(default; where data/tiny_vlm was trained with them) or at the start of the user turn")
@@ -381,6 +388,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.lever is not None and not args.effects:
         parser.error("--lever is one of the effect measurements; add --effects")
+    if args.steer_positions < 1 or (args.steer_positions > 1 and args.steer_where != "answer"):
+        parser.error("--steer-positions must be >= 1, and above 1 it needs --steer-where answer (each of the last K "
+                     "positions gets its own vector)")
 
     from hooks.loading import load_vlm
     from hooks.patching import IMAGE_INSTRUCTION, TEXT_INSTRUCTION
@@ -408,7 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 [args.steer_layers] if args.steer_layers else steering_windows(vlm.n_layers, args.all_windows),
                 args.text_instruction or TEXT_INSTRUCTION, args.image_instruction or IMAGE_INSTRUCTION,
                 correct_only=not args.all_cases, kind=kind, relative=not args.raw_alpha,
-                n_per_cell=args.steer_groups, where=args.steer_where, placement=args.placement)
+                n_per_cell=args.steer_groups, where=args.steer_where, placement=args.placement,
+                positions=args.steer_positions)
         if args.lever is not None:
             effects["lever"] = lever_bound(vlm, args.seed + 2, args.seed, args.steer_layers or range(vlm.n_layers),
                                            args.lever, where=args.steer_where, correct_only=not args.all_cases,

@@ -762,19 +762,28 @@ def knockout(
 # --------------------------------------------------------------------------- steering
 @dataclass(frozen=True)
 class SteeringDirection:
-    """Per decoder layer, mean(resid_post | plus) - mean(resid_post | minus) at the answer position."""
+    """Per decoder layer, mean(resid_post | plus) - mean(resid_post | minus) at the answer
+    position (`vectors`: layer x d_model), or at each of the last K prompt positions
+    (`vectors`: layer x K x d_model, `[:, -1]` the answer position's; `positions == K`)."""
 
-    vectors: Float[Tensor, "layer d_model"]
+    vectors: Float[Tensor, "layer *k d_model"]
     plus: str
     minus: str
     n_plus: int
     n_minus: int
     state_norms: Float[Tensor, " layer"] | None = None
-    """Mean norm of the states the difference was taken from (both sides), per layer."""
+    """Mean norm of the states the difference was taken from (both sides, all its positions), per layer."""
+
+    @property
+    def positions(self) -> int:
+        """How many last prompt positions the direction spans (1: the answer position only)."""
+        return 1 if self.vectors.dim() == 2 else self.vectors.shape[1]
 
     @property
     def norms(self) -> Float[Tensor, " layer"]:
-        return self.vectors.norm(dim=-1)
+        """Per layer: the vector's norm (a K-position direction: the mean over its positions)."""
+        norms = self.vectors.norm(dim=-1)
+        return norms if norms.dim() == 1 else norms.mean(-1)
 
     def relative(self) -> "SteeringDirection":
         """The direction rescaled to the states' mean norm at each layer, so that `alpha` is a
@@ -785,7 +794,8 @@ class SteeringDirection:
             raise ValueError("this direction has no state norms; build it with mean_difference")
         scale = torch.where(self.norms > 0, self.state_norms.to(self.vectors) / self.norms.clamp_min(1e-30),
                             torch.zeros_like(self.norms))
-        return SteeringDirection(self.vectors * scale[:, None], self.plus, self.minus, self.n_plus, self.n_minus,
+        scale = scale.reshape(-1, *[1] * (self.vectors.dim() - 1))
+        return SteeringDirection(self.vectors * scale, self.plus, self.minus, self.n_plus, self.n_minus,
                                  self.state_norms)
 
 
@@ -821,27 +831,46 @@ def with_instruction(items: Sequence[PromptItem], instruction: str, *, placement
     return [replace(it, preamble=f"{it.preamble.strip()} {text}" if it.preamble else text) for it in items]
 
 
-def _last_states(vlm: "VLM", batch: PassBatch) -> Float[Tensor, "batch layer d_model"]:
+def _last_positions(batch: PassBatch, k: int) -> list[list[int]]:
+    """Per row, the padded indices of its last `k` prompt positions (the answer position last);
+    refused when a row has fewer than `k` positions."""
+    rows = positions(batch, "all")
+    short = [b for b, ps in enumerate(rows) if len(ps) < k]
+    if short:
+        raise PatchingError(f"rows {short[:5]} have fewer than {k} positions; choose a smaller `positions`")
+    return [list(ps[-k:]) for ps in rows]
+
+
+def _last_states(vlm: "VLM", batch: PassBatch, k: int = 1) -> Float[Tensor, "batch layer k d_model"]:
     plan = _Plan(saves={(l, "resid_post") for l in _layers(vlm, None, batch)})
     _, saved = _trace(vlm, batch.inputs, plan)
     n, first = vlm.n_layers, next(iter(saved.values()))
-    out = torch.zeros(first.shape[0], n, first.shape[-1], dtype=torch.float32, device=first.device)
+    pos = torch.tensor(_last_positions(batch, k), dtype=torch.long, device=first.device)  # batch x k
+    rows = torch.arange(first.shape[0], device=first.device)[:, None]
+    out = torch.zeros(first.shape[0], n, k, first.shape[-1], dtype=torch.float32, device=first.device)
     carry = None
     for l in range(n):  # a skipped layer passes its input through: repeat the previous state
         if (l, "resid_post") in saved:
-            carry = saved[(l, "resid_post")][:, -1, :].float()
+            carry = saved[(l, "resid_post")][rows, pos].float()
         if carry is not None:
             out[:, l] = carry
     return out
 
 
 def mean_difference(vlm: "VLM", plus: PassBatch, minus: PassBatch, *, plus_name: str = "plus",
-                    minus_name: str = "minus") -> SteeringDirection:
-    """Per-layer mean difference of the last-position `resid_post` states of two batches."""
-    a, b = _last_states(vlm, plus), _last_states(vlm, minus)
-    norms = torch.cat([a, b]).norm(dim=-1).mean(0)
-    return SteeringDirection((a.mean(0) - b.mean(0)).to(vlm.dtype), plus_name, minus_name, len(plus), len(minus),
-                             norms)
+                    minus_name: str = "minus", positions: int = 1) -> SteeringDirection:
+    """Per-layer mean difference of the `resid_post` states of two batches at the answer
+    position, or (`positions=K`) at each of the last K prompt positions, matched from the end:
+    the k-th last position of every row with the k-th last of every other. Past the answer
+    position the prompts of one template share their tokens (the question's tail and the
+    assistant header), so the end-aligned positions hold the same tokens in every row."""
+    if positions < 1:
+        raise PatchingError(f"positions must be at least 1 (the answer position), got {positions}")
+    a, b = _last_states(vlm, plus, positions), _last_states(vlm, minus, positions)
+    norms = torch.cat([a, b]).norm(dim=-1).mean((0, 2))
+    diff = a.mean(0) - b.mean(0)  # layer x k x d_model
+    return SteeringDirection((diff[:, 0] if positions == 1 else diff).to(vlm.dtype), plus_name, minus_name,
+                             len(plus), len(minus), norms)
 
 
 def instruction_direction(
@@ -852,38 +881,49 @@ def instruction_direction(
     image_instruction: str = IMAGE_INSTRUCTION,
     pass_name: str = "conflict",
     placement: str = "question",
+    positions: int = 1,
 ) -> SteeringDirection:
     """MC²-style direction: "follow the text" minus "follow the image" instruction states.
 
     Both instructions are added to every item (`with_instruction(..., placement=placement)`)
     and the `pass_name` pass is run (conflict by default, so both modalities are present); the
-    direction of layer l is the mean over items of the difference at the answer position.
-    Instructions whose words the tokenizer does not know raise `CaseError`.
+    direction of layer l is the mean over items of the difference at the answer position
+    (`positions=K`: at each of the last K prompt positions, METHOD §4's "last prompt
+    positions"; `steer` then adds each at its own position). Instructions whose words the
+    tokenizer does not know raise `CaseError`.
     """
     for text in (text_instruction, image_instruction):
         _check_words(vlm.tokenizer, text)
     plus = vlm.passes(with_instruction(items, text_instruction, placement=placement), (pass_name,))[pass_name]
     minus = vlm.passes(with_instruction(items, image_instruction, placement=placement), (pass_name,))[pass_name]
-    return mean_difference(vlm, plus, minus, plus_name=text_instruction, minus_name=image_instruction)
+    return mean_difference(vlm, plus, minus, plus_name=text_instruction, minus_name=image_instruction,
+                           positions=positions)
 
 
 def _steer_plan(vlm: "VLM", batch: PassBatch, direction: SteeringDirection, alpha: float,
                 layers: tuple[int, ...], where: PositionSpec, copies: int = 1,
                 alphas: Sequence[float] | None = None) -> _Plan:
-    rows_pos = positions(batch, where)
+    k = direction.positions
+    if k > 1 and where != "answer":
+        raise PatchingError(f"a direction over the last {k} prompt positions is added at those positions; "
+                            f"leave where='answer' (got {where!r}) or build a one-position direction")
+    rows_pos = _last_positions(batch, k) if k > 1 else positions(batch, where)
     B = len(batch)
     plan = _Plan()
     scale = list(alphas) if alphas is not None else [alpha]
     for l in layers:
-        rows, pos, vals = [], [], []
+        rows, pos, vals, slot = [], [], [], []
         for c in range(copies):
             for b, ps in enumerate(rows_pos):
                 rows += [c * B + b] * len(ps)
                 pos += list(ps)
                 vals += [scale[c]] * len(ps)
+                slot += list(range(len(ps))) if k > 1 else [0] * len(ps)
         tr, tp = _index(rows, pos, vlm.device)
         a = torch.tensor(vals, dtype=torch.float32, device=vlm.device)[:, None]
-        plan.write(l, "resid_post", _Write(tr, tp, a * direction.vectors[l].float().to(vlm.device), add=True))
+        vec = direction.vectors[l].float().to(vlm.device)
+        vec = vec[torch.tensor(slot, dtype=torch.long, device=vlm.device)] if k > 1 else vec
+        plan.write(l, "resid_post", _Write(tr, tp, a * vec, add=True))
     return plan
 
 
@@ -899,7 +939,9 @@ def steer(
     keep_logits: bool = False,
 ) -> InterventionResult:
     """Add `alpha * direction.vectors[l]` to `resid_post` of each layer l in `layers` (None: all)
-    at the positions `where` ("answer" by default, "all", a group or explicit lists)."""
+    at the positions `where` ("answer" by default, "all", a group or explicit lists). A
+    direction over the last K prompt positions adds its k-th vector at each row's k-th last
+    position (`where` must stay "answer")."""
     batch = _with_prefix(batch, pairs)
     plan = _steer_plan(vlm, batch, direction, alpha, _layers(vlm, layers, batch), where)
     clean, _ = _trace(vlm, batch.inputs, _Plan())

@@ -33,7 +33,7 @@ def test_oscillation_sweep_script(tmp_path):
 def test_activation_patching_script_with_effects(tmp_path):
     out = run("activation_patching.py", "--model", "tiny:llava", "--out", str(tmp_path / "p"), "--n-cases", "24",
               "--effects", "--n-effect-cases", "24", "--steer-groups", "1", "--alpha", "0.3", "--lever", "0.3",
-              cwd=tmp_path)
+              "--steer-positions", "3", cwd=tmp_path)
     assert "steering at layers" in out
     effects = json.loads((tmp_path / "p" / "effects.json").read_text())
     assert {"image_swap", "knockout", "steering_instruction", "steering_relevance", "lever"} <= set(effects)
@@ -41,6 +41,7 @@ def test_activation_patching_script_with_effects(tmp_path):
     assert [entry["layer"] for entry in lever] == [0, 1, 2, 3]
     assert all(-1 <= entry["cosine_mc2"] <= 1 and [r["alpha"] for r in entry["report"]["rows"]] == [-1, -0.5, 0, 0.5, 1]
                for entry in lever)
+    assert effects["steering_instruction"]["positions"] == effects["steering_relevance"]["positions"] == 3
     windows = effects["steering_instruction"]["windows"]
     assert [w["layers"] for w in windows] == [[0, 1], [2, 3], [0, 1, 2, 3]]  # tiny:llava: 4 decoder layers
     assert all(len(w["rows"]) == 3 for w in windows)  # -0.3, 0, +0.3
@@ -48,9 +49,10 @@ def test_activation_patching_script_with_effects(tmp_path):
         assert (tmp_path / "p" / name).stat().st_size > 0
 
 
-def test_activation_patching_refuses_lever_without_effects(tmp_path):
+@pytest.mark.parametrize("args, message", [(["--lever", "0.3"], "add --effects"),
+                                           (["--steer-positions", "2", "--steer-where", "all"], "--steer-where answer")])
+def test_activation_patching_refuses_bad_option_combinations(tmp_path, args, message):
     done = subprocess.run([sys.executable, str(REPO / "experiments" / "activation_patching.py"), "--out",
-                           str(tmp_path / "p"), "--lever", "0.3"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 2 and "add --effects" in done.stderr
+                           str(tmp_path / "p"), *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr
     assert not (tmp_path / "p").exists()

@@ -383,6 +383,70 @@ def test_instruction_direction_is_the_mean_difference_of_hidden_states(vlm):
     assert direction.n_plus == direction.n_minus == len(TARGET)
 
 
+# rows of different lengths (left padding), so end-aligned positions differ in padded index
+UNEVEN = TARGET + [PromptItem(QUESTION, "The small circle is green and round .", _image(RED))]
+
+
+def _end_states(vlm, batch, k):
+    """(batch, layer, k, d): each layer's output at the last k positions (hidden_states; the
+    last layer's by a hook, since hidden_states[-1] is taken after the final norm)."""
+    vlm.adapter.reset_state(vlm.model)
+    with torch.no_grad():
+        hidden = vlm.model(**batch.inputs, output_hidden_states=True).hidden_states
+    last = _captured(vlm, batch.inputs, vlm.n_layers - 1, "resid_post")
+    return torch.stack([h[:, -k:] for h in hidden[1:-1]] + [last[:, -k:]], dim=1)
+
+
+def test_a_last_positions_direction_is_the_end_aligned_mean_difference(vlm):
+    k = 5
+    kwargs = dict(text_instruction="use the text .", image_instruction="use the image .")
+    direction = P.instruction_direction(vlm, UNEVEN, positions=k, **kwargs)
+    assert direction.positions == k and direction.vectors.shape == (vlm.n_layers, k, direction.vectors.shape[-1])
+    states = [_end_states(vlm, _conflict(vlm, P.with_instruction(UNEVEN, text)), k) for text in kwargs.values()]
+    assert torch.allclose(direction.vectors, states[0].mean(0) - states[1].mean(0), atol=1e-5)
+    assert torch.allclose(direction.state_norms, torch.cat(states).norm(dim=-1).mean((0, 2)), atol=1e-5)
+    one = P.instruction_direction(vlm, UNEVEN, **kwargs)  # the answer position alone is the last slot
+    assert torch.allclose(direction.vectors[:, -1], one.vectors, atol=1e-6)
+    relative, moved = direction.relative(), direction.norms > 0
+    assert torch.allclose(relative.norms[moved], direction.state_norms[moved], rtol=1e-5)
+    scale = relative.state_norms / direction.norms  # one scale for all k positions of a layer
+    for layer in torch.nonzero(moved).flatten():
+        assert torch.allclose(relative.vectors[layer], direction.vectors[layer] * scale[layer], rtol=1e-4, atol=1e-6)
+    with pytest.raises(P.PatchingError, match="at least 1"):
+        P.instruction_direction(vlm, UNEVEN, positions=0, **kwargs)
+    with pytest.raises(P.PatchingError, match="fewer than"):
+        P.instruction_direction(vlm, UNEVEN, positions=10_000, **kwargs)
+
+
+def test_steering_over_the_last_positions_matches_a_plain_hook(vlm):
+    k, alpha, layers = 4, 2.0, (0, 2)
+    batch = _conflict(vlm, UNEVEN)
+    pairs = _pairs(vlm) + [candidate_pair(vlm.tokenizer, "green", "red")]
+    direction = P.instruction_direction(vlm, UNEVEN, positions=k)
+    handles = []
+
+    def add(layer):
+        def hook(mod, args, out):
+            out = out[0] if isinstance(out, tuple) else out
+            out[:, -k:] += alpha * direction.vectors[layer]  # slot j at the j-th of the last k positions
+        return hook
+
+    try:
+        for layer in layers:
+            handles.append(vlm.layers[layer].register_forward_hook(add(layer)))
+        want = _plain(vlm, batch.inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    got = P.steer(vlm, batch, pairs, direction, alpha=alpha, layers=layers, keep_logits=True)
+    assert (got.intervened.logits - want).abs().max().item() <= 1e-5
+    assert got.effect.abs().max().item() > 1e-4
+    zero = P.steer(vlm, batch, pairs, direction, alpha=0.0, keep_logits=True)
+    assert (zero.intervened.logits - _plain(vlm, batch.inputs)).abs().max().item() <= 1e-6
+    with pytest.raises(P.PatchingError, match="where='answer'"):
+        P.steer(vlm, batch, pairs, direction, alpha=1.0, where="all")
+
+
 def test_instructions_with_unknown_words_are_refused():
     vlm = load_vlm(tiny_model("llava"))
     with pytest.raises(CaseError, match="zebra"):
