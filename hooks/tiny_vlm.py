@@ -5,8 +5,8 @@ with a word-level tokenizer over the colour set's vocabulary, trained from scrat
 on the colour tasks of `interp.datasets.colour`, then saved with `save_pretrained`, so
 `load_vlm("data/tiny_vlm")` takes exactly the path of a hub model.
 
-Training mix **[ours]** (the label is always the scene's true colour, never the text's
-colour against the image):
+Training mix **[ours]** (in the shipped recipe the label is the scene's true colour, never
+the text's colour against the image, except under an explicit instruction):
 
 - **vision-only**: question + image, every visual tier;
 - **text-only**: context + question, no image. The context states the true colour with a
@@ -29,7 +29,8 @@ colour against the image):
 
 So the model can learn how far to trust each modality at each difficulty; what it does when
 they disagree without an instruction is not taught by any rule, it follows from what it
-learned about reliability. The instructed share gives the model a real "follow the text" /
+learned about reliability (issue 12; `conflict_share > 0` breaks this on purpose, for
+experiments: docs/interventions.md has what one such model did). The instructed share gives the model a real "follow the text" /
 "follow the image" distinction, so that MC²-style steering directions (estimated from those
 instructions, `hooks.patching.instruction_direction`) have something to find.
 
