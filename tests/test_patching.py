@@ -79,6 +79,17 @@ def _hooked(vlm, inputs, layer: int, site: str, edit) -> torch.Tensor:
         handle.remove()
 
 
+def _plain_adding(vlm, inputs, layers, add) -> torch.Tensor:
+    """Plain-forward logits with `add(layer, output)` editing each listed layer's output in place."""
+    handles = [vlm.layers[layer].register_forward_hook(
+        lambda mod, args, out, layer=layer: add(layer, out[0] if isinstance(out, tuple) else out)) for layer in layers]
+    try:
+        return _plain(vlm, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _captured(vlm, inputs, layer: int, site: str) -> torch.Tensor:
     store = []
     _hooked(vlm, inputs, layer, site, lambda t: store.append(t.detach().clone()))
@@ -340,20 +351,11 @@ def test_steering_matches_a_plain_hook_that_adds_the_direction(vlm):
     target, pairs = _conflict(vlm, TARGET), _pairs(vlm)
     direction = P.instruction_direction(vlm, TARGET)
     alpha, layers = 3.0, (1, 2)
-    handles = []
 
-    def add(layer):
-        def hook(mod, args, out):
-            out[:, -1] += alpha * direction.vectors[layer]  # the answer position of a left-padded batch
-        return hook
+    def add(layer, out):
+        out[:, -1] += alpha * direction.vectors[layer]  # the answer position of a left-padded batch
 
-    try:
-        for layer in layers:
-            handles.append(vlm.layers[layer].register_forward_hook(add(layer)))
-        want = _plain(vlm, target.inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    want = _plain_adding(vlm, target.inputs, layers, add)
     got = P.steer(vlm, target, pairs, direction, alpha=alpha, layers=layers, keep_logits=True)
     assert (got.intervened.logits - want).abs().max().item() <= 1e-5
     assert got.effect.abs().max().item() > 1e-4
@@ -423,21 +425,11 @@ def test_steering_over_the_last_positions_matches_a_plain_hook(vlm):
     batch = _conflict(vlm, UNEVEN)
     pairs = _pairs(vlm) + [candidate_pair(vlm.tokenizer, "green", "red")]
     direction = P.instruction_direction(vlm, UNEVEN, positions=k)
-    handles = []
 
-    def add(layer):
-        def hook(mod, args, out):
-            out = out[0] if isinstance(out, tuple) else out
-            out[:, -k:] += alpha * direction.vectors[layer]  # slot j at the j-th of the last k positions
-        return hook
+    def add(layer, out):
+        out[:, -k:] += alpha * direction.vectors[layer]  # slot j at the j-th of the last k positions
 
-    try:
-        for layer in layers:
-            handles.append(vlm.layers[layer].register_forward_hook(add(layer)))
-        want = _plain(vlm, batch.inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    want = _plain_adding(vlm, batch.inputs, layers, add)
     got = P.steer(vlm, batch, pairs, direction, alpha=alpha, layers=layers, keep_logits=True)
     assert (got.intervened.logits - want).abs().max().item() <= 1e-5
     assert got.effect.abs().max().item() > 1e-4
