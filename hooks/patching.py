@@ -861,9 +861,9 @@ def mean_difference(vlm: "VLM", plus: PassBatch, minus: PassBatch, *, plus_name:
                     minus_name: str = "minus", positions: int = 1) -> SteeringDirection:
     """Per-layer mean difference of the `resid_post` states of two batches at the answer
     position, or (`positions=K`) at each of the last K prompt positions, matched from the end:
-    the k-th last position of every row with the k-th last of every other. Past the answer
-    position the prompts of one template share their tokens (the question's tail and the
-    assistant header), so the end-aligned positions hold the same tokens in every row."""
+    the k-th last position of every row with the k-th last of every other. Prompts of one
+    template end in the same tokens (the question's tail and the assistant header), so for K
+    within that tail the end-aligned positions hold the same tokens in every row."""
     if positions < 1:
         raise PatchingError(f"positions must be at least 1 (the answer position), got {positions}")
     a, b = _last_states(vlm, plus, positions), _last_states(vlm, minus, positions)
