@@ -989,8 +989,7 @@ def optimize_direction(
     (layer,) = _layers(vlm, layer, batch)
     batch = _with_prefix(batch, pairs)
     rows_pos = positions(batch, where)
-    rows = torch.tensor([b for b, ps in enumerate(rows_pos) for _ in ps], dtype=torch.long, device=vlm.device)
-    pos = torch.tensor([p for ps in rows_pos for p in ps], dtype=torch.long, device=vlm.device)
+    rows, pos = _index([b for b, ps in enumerate(rows_pos) for _ in ps], [p for ps in rows_pos for p in ps], vlm.device)
     if rows.numel() == 0:
         raise PatchingError(f"the positions {where!r} are empty in every row; nothing to steer")
     module = vlm.adapter.layers(vlm.model)[layer]
