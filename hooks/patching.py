@@ -1089,25 +1089,10 @@ class SteeringReport:
         """Paired percentile bootstrap interval of `tfr_shift(alpha)`: the kept cases are
         resampled together for both alphas (each case answers under every alpha). None when the
         shift is undefined or a resample leaves either TFR undefined in more than 5% of draws."""
-        if self.tfr_shift(alpha) is None:
-            return None
-        idx = np.flatnonzero(np.asarray(self.kept, dtype=bool))
-        rng = np.random.default_rng(seed)
-        draws = idx[rng.integers(0, len(idx), size=(n_boot, len(idx)))]
+        from interp.following import tfr_shift_ci
 
-        def tfr(labels: tuple[str, ...]) -> np.ndarray:
-            lab = np.asarray(labels)
-            text = (lab[draws] == "text").sum(1)
-            both = text + (lab[draws] == "vision").sum(1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                return np.where(both > 0, text / np.maximum(both, 1), np.nan)
-
-        shift = tfr(self.row(alpha).labels) - tfr(self.row(0.0).labels)
-        ok = shift[np.isfinite(shift)]
-        if len(ok) < 0.95 * n_boot:
-            return None
-        tail = (1 - level) / 2 * 100
-        return float(np.percentile(ok, tail)), float(np.percentile(ok, 100 - tail))
+        return tfr_shift_ci(self.row(alpha).labels, self.row(0.0).labels, self.kept, level=level, n_boot=n_boot,
+                            seed=seed)
 
     def balance_shift(self, alpha: float) -> float | None:
         """balance point(alpha) - balance point(0), or None when either has none."""

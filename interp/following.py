@@ -13,6 +13,8 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
+import numpy as np
+
 from interp.errors import CaseError
 from interp.results import CorrectInBoth, FollowingRatios
 
@@ -23,6 +25,7 @@ __all__ = [
     "label_following",
     "matches",
     "normalise_answer",
+    "tfr_shift_ci",
     "tfr_vfr",
 ]
 
@@ -129,6 +132,37 @@ def tfr_vfr(labels: Iterable[str]) -> FollowingRatios:
     return FollowingRatios(
         n_text=counts["text"], n_vision=counts["vision"], n_other=counts["other"], tfr=tfr, vfr=1.0 - tfr
     )
+
+
+def tfr_shift_ci(after: Sequence[str], before: Sequence[str], keep: Sequence[bool] | None = None, *,
+                 level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float] | None:
+    """Paired percentile bootstrap interval of ``TFR(after) - TFR(before)``.
+
+    ``after[i]`` and ``before[i]`` label the same case under two conditions (an intervention
+    and none); the cases (those with ``keep[i]``, all by default) are resampled together for
+    both, so the interval reflects only how the cases that change are drawn. None when either
+    TFR is undefined or a resample leaves it undefined in more than 5% of the draws.
+    """
+    if len(after) != len(before) or (keep is not None and len(keep) != len(after)):
+        raise ValueError(f"need one label per case under each condition (and one keep flag each): "
+                         f"{len(after)}, {len(before)}" + ("" if keep is None else f", {len(keep)}"))
+    idx = np.arange(len(after)) if keep is None else np.flatnonzero(np.asarray(keep, dtype=bool))
+    if tfr_vfr(after[i] for i in idx).tfr is None or tfr_vfr(before[i] for i in idx).tfr is None:
+        return None
+    draws = idx[np.random.default_rng(seed).integers(0, len(idx), size=(n_boot, len(idx)))]
+
+    def tfr(labels: Sequence[str]) -> np.ndarray:
+        lab = np.asarray(labels)
+        text = (lab[draws] == "text").sum(1)
+        both = text + (lab[draws] == "vision").sum(1)
+        return np.where(both > 0, text / np.maximum(both, 1), np.nan)
+
+    shift = tfr(after) - tfr(before)
+    ok = shift[np.isfinite(shift)]
+    if len(ok) < 0.95 * n_boot:
+        return None
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(ok, tail)), float(np.percentile(ok, 100 - tail))
 
 
 def correct_in_both(

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from interp.errors import CaseError
-from interp.following import correct_in_both, label_following, matches, normalise_answer, tfr_vfr
+from interp.following import correct_in_both, label_following, matches, normalise_answer, tfr_shift_ci, tfr_vfr
 
 
 @pytest.mark.parametrize(
@@ -101,3 +101,18 @@ def test_correct_in_both_checks_lengths_and_empty_lists():
         correct_in_both(["red"], ["blue", "red"], ["red"], ["blue"])
     with pytest.raises(CaseError, match="empty"):
         correct_in_both(["red"], ["blue"], [[]], ["blue"])
+
+
+def test_tfr_shift_interval_is_paired_and_says_when_it_cannot_be_computed():
+    """Every case moves from vision to text: each paired resample's shift is exactly 1 (an
+    unpaired one would scatter); the cases left out by `keep` do not enter; an undefined TFR
+    gives no interval; labels of unequal length are refused."""
+    before = ["vision"] * 10 + ["text"] * 3
+    after = ["text"] * 10 + ["vision"] * 3
+    keep = [True] * 10 + [False] * 3
+    assert tfr_shift_ci(after, before, keep, n_boot=500) == (1.0, 1.0)
+    lo, hi = tfr_shift_ci(after, before, n_boot=500)  # all 13: TFR 3/13 -> 10/13
+    assert lo < 10 / 13 - 3 / 13 < hi
+    assert tfr_shift_ci(["other"] * 3, ["text"] * 3) is None
+    with pytest.raises(ValueError, match="one label per case"):
+        tfr_shift_ci(["text"], ["text", "vision"])
