@@ -36,7 +36,10 @@ def test_activation_patching_script_with_effects(tmp_path):
               "--steer-positions", "3", cwd=tmp_path)
     assert "steering at layers" in out
     effects = json.loads((tmp_path / "p" / "effects.json").read_text())
-    assert {"image_swap", "knockout", "steering_instruction", "steering_relevance", "lever"} <= set(effects)
+    assert {"image_swap", "knockout", "read_timing", "steering_instruction", "steering_relevance", "lever"} <= set(effects)
+    timing = effects["read_timing"]["rows"]  # each key group blocked in layer 0, 1, 2, 3 alone, then in all
+    assert [(r["keys"], r["layers"]) for r in timing] == [(k, w) for k in ("context", "image")
+                                                          for w in ([0], [1], [2], [3], [0, 1, 2, 3])]
     lever = effects["lever"]["layers"]
     assert [entry["layer"] for entry in lever] == [0, 1, 2, 3]
     assert all(-1 <= entry["cosine_mc2"] <= 1 and [r["alpha"] for r in entry["report"]["rows"]] == [-1, -0.5, 0, 0.5, 1]
