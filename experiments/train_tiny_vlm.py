@@ -93,7 +93,7 @@ Per example: with probability {instructed} an *instructed* example, {conflict_sh
   colour with probability {reliability} at text tiers 0-3 and another colour otherwise (a wrong
   colour is absent from the image, as in the evaluation set); {irrelevant:.0%} of contexts speak of
   another shape.
-{conflict_block}- Instructed examples: image + a relevant context + the question preceded by an instruction
+{distractor_block}{conflict_block}- Instructed examples: image + a relevant context + the question preceded by an instruction
   naming a modality ({instructions}, with "text" or "image"). The context states a wrong colour
   with probability {instructed_conflict}; the label is the named modality's colour. They give
   the model a real "follow the text" / "follow the image" distinction for MC²-style steering.
@@ -138,6 +138,9 @@ def write_card(out: Path, cfg: TinyVLMConfig, log: dict, m: dict, eval_seed: int
         eval_seed=eval_seed, eval_n=eval_n, table=metrics_table(m), instructed=cfg.instructed_share,
         instructed_conflict=cfg.instructed_conflict,
         instructions=", ".join(f'"{t.format(m="...")}"' for t in INSTRUCTIONS), **conflict_text(cfg),
+        distractor_block="" if cfg.text_distractor_share <= 0 else (
+            f"- In {cfg.text_distractor_share:.0%} of all contexts (of every kind) one more sentence, before or after,\n"
+            "  gives another shape another colour, so that the stated colour must be matched to the asked shape.\n"),
     )
     (out / "MODEL_CARD.md").write_text(text)
     return text
@@ -187,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of uninstructed conflict examples (image + a context stating a wrong colour)")
     parser.add_argument("--text-prior", type=float, nargs="+", default=None, metavar="P",
                         help="P(a conflict example is labelled with the text's colour) per text tier")
+    parser.add_argument("--text-distractor-share", type=float, default=TinyVLMConfig.text_distractor_share,
+                        help="share of training contexts with one more sentence giving another shape another colour")
     parser.add_argument("--eval-seed", type=int, default=1000)
     parser.add_argument("--eval-n", type=int, default=16, help="held-out groups per (visual, text) tier cell")
     parser.add_argument("--metrics-only", type=Path, default=None, metavar="DIR",
@@ -219,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                         text_layers=args.text_layers,
                         text_reliability=tuple(args.text_reliability or TinyVLMConfig.text_reliability),
                         conflict_share=args.conflict_share,
-                        text_prior=tuple(args.text_prior or TinyVLMConfig.text_prior))
+                        text_prior=tuple(args.text_prior or TinyVLMConfig.text_prior),
+                        text_distractor_share=args.text_distractor_share)
     start = time.time()
     model, processor, log = train(cfg)
     save(model, processor, args.out, metadata={"config": cfg.to_dict(), "log": log})

@@ -18,6 +18,9 @@ the text's colour against the image, except under an explicit instruction):
   context stating a colour absent from the image, no instruction; the label is the stated
   colour with probability `text_prior[text tier]`, else the true colour. A taught text prior:
   the one way an uninstructed label can side with the text against the image.
+- **text distractors** (a share `text_distractor_share` of all contexts, of every kind; 0
+  unless set): one more sentence giving another shape another colour (`TrainingMix.distract`);
+  measured in docs/interventions.md, not shipped.
 - **instructed** (a share `instructed_share` of all examples): image + relevant context +
   question preceded by an instruction naming a modality ("use the text to answer .", "answer
   from the image .", ...; `INSTRUCTIONS`). The context states a wrong colour with probability
@@ -104,6 +107,7 @@ class TinyVLMConfig:
     instruction_placement: str = "question"  # where the instruction goes: "question" (before it) or "start"
     conflict_share: float = 0.0  # of all examples: image + a relevant context stating a wrong colour, no instruction
     text_prior: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)  # per text tier: P(a conflict example's label is the text's)
+    text_distractor_share: float = 0.0  # of all contexts: one more statement giving another shape another colour
     threads: int = 2
     curriculum_share: float = 0.15  # first share of the steps: visual tiers 0..curriculum_max_tier only
     curriculum_max_tier: int = 4
@@ -233,6 +237,8 @@ class TrainingMix:
         if not 0 <= self.cfg.instructed_share + self.cfg.conflict_share <= 1 or self.cfg.conflict_share < 0:
             raise ValueError(f"conflict_share ({self.cfg.conflict_share}) must be >= 0 and, with instructed_share "
                              f"({self.cfg.instructed_share}), sum to at most 1")
+        if not 0 <= self.cfg.text_distractor_share <= 1:
+            raise ValueError(f"text_distractor_share must be a probability in [0, 1], got {self.cfg.text_distractor_share}")
         self.rng = np.random.default_rng([self.cfg.seed, 13])
         self._by_tier: dict[int, np.ndarray] = {}
 
@@ -246,9 +252,30 @@ class TrainingMix:
         tier = int(rng.integers(4))
         if rng.random() < self.cfg.text_irrelevant_share:
             stated = [true_colour, wrong_colour][int(rng.integers(2))]
-            return text_context(tier, absent_shape, stated, rng, avoid=(true_colour,)), stated, tier, False
+            context = text_context(tier, absent_shape, stated, rng, avoid=(true_colour,))
+            return self.distract(context, (shape, absent_shape), (true_colour, stated)), stated, tier, False
         stated = true_colour if rng.random() < self.cfg.text_reliability[tier] else wrong_colour
-        return text_context(tier, shape, stated, rng, avoid=(true_colour,)), stated, tier, True
+        context = text_context(tier, shape, stated, rng, avoid=(true_colour,))
+        return self.distract(context, (shape, absent_shape), (true_colour, stated)), stated, tier, True
+
+    def distract(self, context: str, shapes: tuple[str, ...], colours: tuple[str, ...]) -> str:
+        """With probability `text_distractor_share`, `context` with one more sentence, before or
+        after it, saying that a shape not in `shapes` is a colour not in `colours` (a tier-0
+        statement) **[ours]**. The answer position cannot then take the stated colour by a
+        lookup that ignores which shape was asked: a context names two colours, and only the
+        question says which one counts. Off (0) in the shipped recipe; nothing is drawn then, so
+        the random stream is unchanged."""
+        from interp.datasets.colour import COLOURS, SHAPES
+        from interp.datasets.text import text_context
+
+        rng = self.rng
+        if self.cfg.text_distractor_share <= 0 or rng.random() >= self.cfg.text_distractor_share:
+            return context
+        other_shapes = [x for x in SHAPES if x not in shapes]
+        free = [c for c in COLOURS if c not in colours]
+        other_shape = other_shapes[int(rng.integers(len(other_shapes)))]
+        statement = text_context(0, other_shape, free[int(rng.integers(len(free)))], rng)
+        return f"{statement} {context}" if rng.random() < 0.5 else f"{context} {statement}"
 
     def sample(self, max_tier: int | None = None) -> Example:
         """One example; `max_tier` restricts the scene to visual tiers <= max_tier (curriculum)."""
@@ -289,7 +316,8 @@ class TrainingMix:
         shape, true_colour = SHAPES[pool.target_shape[i]], COLOURS[pool.target_colour[i]]
         stated = COLOURS[pool.absent_colour[i]]
         tier = int(rng.integers(4))
-        context = text_context(tier, shape, stated, rng, avoid=(true_colour,))
+        context = self.distract(text_context(tier, shape, stated, rng, avoid=(true_colour,)), (shape,),
+                                (true_colour, stated))
         label = stated if rng.random() < self.cfg.text_prior[tier] else true_colour
         question = f"{COLOUR_QUESTION.format(shape=shape)} {INSTRUCTION}"
         return Example("conflict", question, context, pool.images[i], label, i, stated, text_tier=tier)
@@ -303,7 +331,8 @@ class TrainingMix:
         rng, pool = self.rng, self.pool
         shape, true_colour = SHAPES[pool.target_shape[i]], COLOURS[pool.target_colour[i]]
         stated = COLOURS[pool.absent_colour[i]] if rng.random() < self.cfg.instructed_conflict else true_colour
-        context = text_context(int(rng.integers(4)), shape, stated, rng, avoid=(true_colour,))
+        context = self.distract(text_context(int(rng.integers(4)), shape, stated, rng, avoid=(true_colour,)), (shape,),
+                                (true_colour, stated))
         modality = ("text", "image")[int(rng.integers(2))]
         instruction = INSTRUCTIONS[int(rng.integers(len(INSTRUCTIONS)))].format(m=modality)
         question = f"{COLOUR_QUESTION.format(shape=shape)} {INSTRUCTION}"

@@ -135,6 +135,42 @@ def test_conflict_examples_carry_the_taught_text_prior():
     assert all(a == b for a, b in zip((plain.sample() for _ in range(300)), (with_prior.sample() for _ in range(300))))
 
 
+def test_text_distractors_add_one_sentence_about_another_shape_and_colour():
+    """With text_distractor_share p, a share p of contexts (of every kind) names a second shape,
+    neither the asked nor the example's absent one, in a sentence of its own whose colour is
+    neither the scene's nor the stated one; labels follow the same rules. Share 0 leaves the
+    random stream (and so the recipe) as it was."""
+    from hooks.tiny_vlm import TrainingMix
+    from interp.datasets.colour import COLOURS, SHAPES
+    from interp.datasets.text import words
+
+    pool = ScenePool.draw(28, 0, 64)
+    mix = TrainingMix(pool, TinyVLMConfig(**{**TINY, "text_distractor_share": 0.5}))
+    with_context = [e for e in (mix.sample() for _ in range(3000)) if e.context is not None]
+    n_distracted = 0
+    for e in with_context:
+        asked = next(s for s in SHAPES if f"colour is the {s}?" in e.question)
+        true, absent_shape = COLOURS[pool.target_colour[e.scene]], SHAPES[pool.absent_shape[e.scene]]
+        named = {w for w in words(e.context) if w in SHAPES}
+        assert named & {asked, absent_shape}, e  # the context itself is still there
+        others = named - {asked, absent_shape}
+        assert len(others) <= 1, e
+        if not others:
+            continue
+        n_distracted += 1
+        other = others.pop()
+        sentence = next(s for s in e.context.split(".") if other in words(s))
+        colours = [w for w in words(sentence) if w in COLOURS]
+        assert len(colours) == 1 and colours[0] not in (true, e.stated), e
+        assert e.label == (e.stated if "the text" in e.question else true), e
+    assert abs(n_distracted / len(with_context) - 0.5) < 0.04, n_distracted / len(with_context)
+    plain, zero = TrainingMix(pool, TinyVLMConfig(**TINY)), TrainingMix(pool, TinyVLMConfig(
+        **{**TINY, "text_distractor_share": 0.0}))
+    assert all(a == b for a, b in zip((plain.sample() for _ in range(300)), (zero.sample() for _ in range(300))))
+    with pytest.raises(ValueError, match="text_distractor_share"):
+        TrainingMix(pool, TinyVLMConfig(**TINY, text_distractor_share=1.5))
+
+
 def test_instruction_placement_moves_only_the_instruction():
     """`instruction_placement="start"` draws the same examples, with the instruction as the
     preamble instead of in front of the question."""
