@@ -33,8 +33,8 @@ change of logit(text) - logit(vision) at the answer position is recorded. Writes
    all layers (`--all-windows`: also each layer alone; `--steer-layers`: one window of your
    own): TFR with a paired bootstrap CI of its shift, and the balance point, per alpha.
    Two directions: the MC² instruction contrast ("use the text to answer ." minus "use the
-   image to answer ." prepended to the question; `--placement start`: at the start of the
-   user turn) and a relevance contrast (conflict cases minus their text-irrelevant controls).
+   image to answer ." appended to the question; `--placement question`: before it, `start`: at
+   the start of the user turn) and a relevance contrast (conflict cases minus their text-irrelevant controls).
    Alpha is a fraction of the mean state norm at each layer (`SteeringDirection.relative`).
 4. `--lever MAX_NORM`: per layer, the best single vector for text-following on the fit cases
    (`hooks.patching.optimize_direction`), applied with -v, -v/2, +v/2, +v to the default set:
@@ -53,6 +53,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from hooks.patching import DEFAULT_PLACEMENT
 
 REPO = Path(__file__).resolve().parent.parent
 TRAINED = REPO / "data" / "tiny_vlm"
@@ -246,8 +248,8 @@ def read_timing(vlm: Any, eval_seed: int, n_per_cell: int | None = None, batch_s
     out: dict[str, Any] = {"n": len(held), "n_kept": sum(kept), "eval_seed": eval_seed,
                            "clean": {"tfr": clean_ratios.tfr, "mean_logit_diff": clean_diff}, "rows": []}
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-    print(f"read timing: attention from the answer position blocked per layer (default set, seed {eval_seed}: "
-          f"{len(held)} conflict cases, {sum(kept)} right in both unimodal passes); unblocked TFR "
+    print(f"read timing: attention from the answer position blocked per layer (the main job's conflict set, seed "
+          f"{eval_seed}: {len(held)} cases, {sum(kept)} right in both unimodal passes); unblocked TFR "
           f"{fmt(clean_ratios.tfr)}, mean logit diff {clean_diff:+.3f}")
     for keys in ("context", "image"):
         for window in [(layer,) for layer in range(vlm.n_layers)] + [tuple(range(vlm.n_layers))]:
@@ -303,7 +305,7 @@ def steering_measurement(vlm: Any, fit_seed: int, eval_seed: int, alphas: Sequen
                          windows: Sequence[Sequence[int]] | None, text_instruction: str, image_instruction: str,
                          correct_only: bool, kind: str = "instruction", relative: bool = True,
                          batch_size: int = 64, n_per_cell: int | None = None, where: str = "answer",
-                         placement: str = "question", positions: int = 1) -> dict[str, Any]:
+                         placement: str = DEFAULT_PLACEMENT, positions: int = 1) -> dict[str, Any]:
     """A direction fit on a colour-balanced set (`steering_cases(fit_seed)`, groups 0-29), then
     TFR / balance point under steering on the main job's default conflict set (`eval_seed`),
     for each layer window.
@@ -352,7 +354,7 @@ def steering_measurement(vlm: Any, fit_seed: int, eval_seed: int, alphas: Sequen
 
 def lever_bound(vlm: Any, fit_seed: int, eval_seed: int, layers: Sequence[int], max_norm: float,
                 where: str = "answer", correct_only: bool = True, batch_size: int = 64,
-                n_per_cell: int | None = None, placement: str = "question") -> dict[str, Any]:
+                n_per_cell: int | None = None, placement: str = DEFAULT_PLACEMENT) -> dict[str, Any]:
     """For each layer, the best single vector for text-following on the fit cases
     (`hooks.patching.optimize_direction`: max_norm x the mean state norm, at `where`), then
     TFR on the default conflict set with -v, -v/2, 0, +v/2, +v: does the model have a
@@ -420,9 +422,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steer-positions", type=int, default=1, metavar="K",
                         help="the direction spans the last K prompt positions (METHOD §4), each added at its own "
                              "position (default 1: the answer position); needs --steer-where answer")
-    parser.add_argument("--placement", choices=INSTRUCTION_PLACEMENTS, default="question",
-                        help="where the instructions of the instruction direction go: before the question "
-                             "(default; where data/tiny_vlm was trained with them) or at the start of the user turn")
+    parser.add_argument("--placement", choices=INSTRUCTION_PLACEMENTS, default=DEFAULT_PLACEMENT,
+                        help="where the instructions of the instruction direction go: after the question (end; "
+                             "the default, where data/tiny_vlm was trained with them), before it (question) or at "
+                             "the start of the user turn (start)")
     parser.add_argument("--lever", type=float, default=None, metavar="MAX_NORM",
                         help="with --effects: also find, per layer, the best single vector for text-following on the "
                              "fit cases (|v| <= MAX_NORM x the mean state norm) and steer the default set with +-v")

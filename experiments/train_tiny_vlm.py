@@ -63,7 +63,7 @@ CARD = """# tiny_vlm: a small LLaVA trained on the colour-conflict tasks
 **What it is.** A `LlavaForConditionalGeneration` ({params:,} parameters) built from scratch:
 a CLIP-style vision tower ({vision_layers} layers, width {vision_hidden}, {image_size} px images in
 {patch_size} px patches, {n_img} image tokens), a linear-GELU-linear projector and a Llama-style language
-model ({text_layers} layers, width {text_hidden}), with a word-level tokenizer over the colour set's
+model ({attention}{text_layers} layers, width {text_hidden}), with a word-level tokenizer over the colour set's
 vocabulary ({vocab} tokens), a processor and a chat template. Saved with `save_pretrained`, so
 `load_vlm("data/tiny_vlm")` goes through exactly the code path of a hub model.
 
@@ -93,8 +93,8 @@ Per example: with probability {instructed} an *instructed* example, {conflict_sh
   colour with probability {reliability} at text tiers 0-3 and another colour otherwise (a wrong
   colour is absent from the image, as in the evaluation set); {irrelevant:.0%} of contexts speak of
   another shape.
-{distractor_block}{conflict_block}- Instructed examples: image + a relevant context + the question preceded by an instruction
-  naming a modality ({instructions}, with "text" or "image"). The context states a wrong colour
+{distractor_block}{conflict_block}- Instructed examples: image + a relevant context + the question, with an instruction
+  naming a modality {placed} ({instructions}, with "text" or "image"). The context states a wrong colour
   with probability {instructed_conflict}; the label is the named modality's colour. They give
   the model a real "follow the text" / "follow the image" distinction for MC²-style steering.
 
@@ -138,6 +138,10 @@ def write_card(out: Path, cfg: TinyVLMConfig, log: dict, m: dict, eval_seed: int
         eval_seed=eval_seed, eval_n=eval_n, table=metrics_table(m), instructed=cfg.instructed_share,
         instructed_conflict=cfg.instructed_conflict,
         instructions=", ".join(f'"{t.format(m="...")}"' for t in INSTRUCTIONS), **conflict_text(cfg),
+        placed=PLACED[cfg.instruction_placement],
+        attention="" if cfg.local_layers <= 0 else (
+            f"`Qwen2`, the first {'layer' if cfg.local_layers == 1 else f'{cfg.local_layers} layers'} attending "
+            f"only to the last {cfg.local_window} tokens; "),
         distractor_block="" if cfg.text_distractor_share <= 0 else (
             f"- In {cfg.text_distractor_share:.0%} of all contexts (of every kind) one more sentence, before or after,\n"
             "  gives another shape another colour, so that the stated colour must be matched to the asked shape.\n"),
@@ -164,7 +168,7 @@ def conflict_text(cfg: TinyVLMConfig) -> dict[str, str]:
                 "  instruction, or a steering vector, can move either way.\n")}
 
 
-PLACED = {"question": "before the question", "start": "at the start of the user turn"}
+PLACED = {"question": "before the question", "start": "at the start of the user turn", "end": "after the question"}
 
 
 def read_record(model_dir: Path) -> tuple[dict, TinyVLMConfig]:
@@ -192,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="P(a conflict example is labelled with the text's colour) per text tier")
     parser.add_argument("--text-distractor-share", type=float, default=TinyVLMConfig.text_distractor_share,
                         help="share of training contexts with one more sentence giving another shape another colour")
+    parser.add_argument("--local-layers", type=int, default=TinyVLMConfig.local_layers,
+                        help="first decoder layers with sliding-window attention (a Qwen2 language model then)")
+    parser.add_argument("--local-window", type=int, default=TinyVLMConfig.local_window,
+                        help="the window of the local layers, in tokens")
     parser.add_argument("--eval-seed", type=int, default=1000)
     parser.add_argument("--eval-n", type=int, default=16, help="held-out groups per (visual, text) tier cell")
     parser.add_argument("--metrics-only", type=Path, default=None, metavar="DIR",
@@ -225,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                         text_reliability=tuple(args.text_reliability or TinyVLMConfig.text_reliability),
                         conflict_share=args.conflict_share,
                         text_prior=tuple(args.text_prior or TinyVLMConfig.text_prior),
-                        text_distractor_share=args.text_distractor_share)
+                        text_distractor_share=args.text_distractor_share, local_layers=args.local_layers,
+                        local_window=args.local_window)
     start = time.time()
     model, processor, log = train(cfg)
     save(model, processor, args.out, metadata={"config": cfg.to_dict(), "log": log})

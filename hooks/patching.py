@@ -91,6 +91,7 @@ __all__ = [
     "knockout",
     "with_instruction",
     "INSTRUCTION_PLACEMENTS",
+    "DEFAULT_PLACEMENT",
     "mean_difference",
     "instruction_direction",
     "steer",
@@ -809,25 +810,32 @@ def _check_words(tokenizer: Any, text: str) -> None:
                         "choose an instruction made of words in the model's vocabulary")
 
 
-INSTRUCTION_PLACEMENTS: tuple[str, ...] = ("start", "question")
+INSTRUCTION_PLACEMENTS: tuple[str, ...] = ("start", "question", "end")
+DEFAULT_PLACEMENT = "end"
+"""Where `data/tiny_vlm` saw its instructed examples in training: after the question."""
 
 
-def with_instruction(items: Sequence[PromptItem], instruction: str, *, placement: str = "question") -> list[PromptItem]:
-    """`items` with `instruction` added: `"question"` (default) prepends it to the question, so
-    it sits between the context and the question; `"start"` puts it at the start of the user
-    turn, before the image and the context (the item's `preamble`, after any preamble it has).
+def with_instruction(items: Sequence[PromptItem], instruction: str, *,
+                     placement: str = DEFAULT_PLACEMENT) -> list[PromptItem]:
+    """`items` with `instruction` added: `"end"` (default) appends it to the question, the last
+    words of the user turn; `"question"` prepends it to the question, so it sits between the
+    context and the question; `"start"` puts it at the start of the user turn, before the image
+    and the context (the item's `preamble`, after any preamble it has).
 
     The default is where `data/tiny_vlm` saw its instructed examples in training. The place
     changes what an instruction can do: after the context, the instruction's own tokens can
     attend to the colour the text states and hand it on; at the start, no token that knows the
-    instruction sees the content before the tokens that follow it (docs/interventions.md has
-    what each placement gave on a trained model).
+    instruction sees the content before the tokens that follow it; at the end it lies inside the
+    answer position's first-layer window in `data/tiny_vlm`, while the context does not
+    (docs/interventions.md has what each placement gave on trained models).
     """
     if placement not in INSTRUCTION_PLACEMENTS:
         raise ValueError(f"unknown instruction placement {placement!r}; choose one of {INSTRUCTION_PLACEMENTS}")
     text = instruction.strip()
     if placement == "question":
         return [replace(it, question=f"{text} {it.question}") for it in items]
+    if placement == "end":
+        return [replace(it, question=f"{it.question} {text}") for it in items]
     return [replace(it, preamble=f"{it.preamble.strip()} {text}" if it.preamble else text) for it in items]
 
 
@@ -880,7 +888,7 @@ def instruction_direction(
     text_instruction: str = TEXT_INSTRUCTION,
     image_instruction: str = IMAGE_INSTRUCTION,
     pass_name: str = "conflict",
-    placement: str = "question",
+    placement: str = DEFAULT_PLACEMENT,
     positions: int = 1,
 ) -> SteeringDirection:
     """MC²-style direction: "follow the text" minus "follow the image" instruction states.

@@ -1,7 +1,8 @@
 """The small trained VLM shipped in `data/tiny_vlm`: its recipe, training loop and metrics.
 
-A real `LlavaForConditionalGeneration` (CLIP vision tower, projector, Llama language model)
-with a word-level tokenizer over the colour set's vocabulary, trained from scratch on the CPU
+A real `LlavaForConditionalGeneration` (CLIP vision tower, projector, Llama-style language
+model: a `Qwen2` one, whose first decoder layer attends only to the last `local_window` = 8
+tokens and the others to everything) with a word-level tokenizer over the colour set's vocabulary, trained from scratch on the CPU
 on the colour tasks of `interp.datasets.colour`, then saved with `save_pretrained`, so
 `load_vlm("data/tiny_vlm")` takes exactly the path of a hub model.
 
@@ -26,9 +27,20 @@ the text's colour against the image, except under an explicit instruction):
   from the image .", ...; `INSTRUCTIONS`). The context states a wrong colour with probability
   `instructed_conflict`; the label is the colour of the named modality. This is the one place a
   label can be the text's colour against the image, and only under an explicit instruction.
-  The instruction goes before the question (`instruction_placement="question"`, shipped) or
-  at the start of the user turn, before the image (`"start"`; measured in
-  docs/interventions.md, not shipped: TFR fell to 0.18 with no balance point).
+  The instruction goes after the question (`instruction_placement="end"`, shipped), before it
+  (`"question"`, the recipe of earlier checkpoints) or at the start of the user turn, before
+  the image (`"start"`; not shipped: TFR fell to 0.18 with no balance point).
+
+Architecture **[ours, measured]** (docs/interventions.md): with full attention in every layer,
+the answer position reads the context's colour word in layer 0 with a query that comes from
+its own token, the same in every prompt, and no steering vector added to the residual stream
+can reach that read. With a local first layer (`local_layers=1`, window 8) the answer
+position's first layer sees the end of the prompt only: the template and, when there is one,
+the instruction after the question, but not the context or the image. Its first-layer state
+then carries the instruction and nothing of the content, and the later layers read both
+modalities with queries made from it: that is where an MC² direction (the mean difference of
+that state under the two instructions) acts, and it moves TFR both ways. `local_layers=0`
+builds the full-attention `Llama` model of the earlier checkpoints.
 
 So the model can learn how far to trust each modality at each difficulty; what it does when
 they disagree without an instruction is not taught by any rule, it follows from what it
@@ -37,12 +49,14 @@ experiments: docs/interventions.md has what one such model did). The instructed 
 "follow the image" distinction, so that MC²-style steering directions (estimated from those
 instructions, `hooks.patching.instruction_direction`) have something to find.
 
-Measured **[ours]** (held-out seed 1000, 32 groups per cell): reliabilities 0.97/0.9/0.8/0.65
-without instructed examples gave TFR 0.21 and no crossing of the logistic curve inside the
-data; the shipped 0.99/0.93/0.85/0.70 with 10% instructed examples give TFR 0.24 and a
-balance point of -1.12 (16 groups per cell: 0.30 and -0.83). Training the shipped recipe for
-3500 steps instead of 2500 did not raise the Spearman rho of H_v against the visual tier
-(0.72 against 0.76 at 16 groups per cell) and lowered TFR (0.25 against 0.30).
+Measured **[ours]** on the full-attention predecessor (held-out seed 1000, 32 groups per
+cell): reliabilities 0.97/0.9/0.8/0.65 without instructed examples gave TFR 0.21 and no
+crossing of the logistic curve inside the data; 0.99/0.93/0.85/0.70 with 10% instructed
+examples gave TFR 0.24 and a balance point of -1.12 (16 groups per cell: 0.30 and -0.83).
+Training that recipe for 3500 steps instead of 2500 did not raise the Spearman rho of H_v
+against the visual tier (0.72 against 0.76 at 16 groups per cell) and lowered TFR (0.25
+against 0.30). The shipped recipe (the same data, the local first layer, the instruction after
+the question; 16 groups per cell): TFR 0.29, balance point -0.93, Spearman rho of H_v 0.83.
 """
 
 from __future__ import annotations
@@ -59,6 +73,7 @@ import torch
 import transformers as T
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+from hooks.patching import DEFAULT_PLACEMENT, INSTRUCTION_PLACEMENTS
 from hooks.tiny import chat_template
 
 __all__ = ["TinyVLMConfig", "TEXT_RELIABILITY", "INSTRUCTIONS", "build_tokenizer", "build_processor", "build_model",
@@ -104,10 +119,12 @@ class TinyVLMConfig:
     mix: tuple[float, float, float] = (0.5, 0.2, 0.3)  # vision-only, text-only, both (of the uninstructed)
     instructed_share: float = 0.1  # of all examples: image + context + an instruction naming the modality
     instructed_conflict: float = 0.5  # P(the context of an instructed example states a wrong colour)
-    instruction_placement: str = "question"  # where the instruction goes: "question" (before it) or "start"
+    instruction_placement: str = "end"  # where the instruction goes: "end" (after the question), "question", "start"
     conflict_share: float = 0.0  # of all examples: image + a relevant context stating a wrong colour, no instruction
     text_prior: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)  # per text tier: P(a conflict example's label is the text's)
     text_distractor_share: float = 0.0  # of all contexts: one more statement giving another shape another colour
+    local_layers: int = 1  # first decoder layers with sliding-window attention (0: full attention, a Llama model)
+    local_window: int = 8  # the window of those layers, in tokens
     threads: int = 2
     curriculum_share: float = 0.15  # first share of the steps: visual tiers 0..curriculum_max_tier only
     curriculum_max_tier: int = 4
@@ -149,10 +166,19 @@ def build_model(cfg: TinyVLMConfig, vocab_size: int) -> T.LlavaForConditionalGen
                                 num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
                                 image_size=cfg.image_size, patch_size=cfg.patch_size,
                                 projection_dim=cfg.vision_hidden)
-    text = T.LlamaConfig(vocab_size=vocab_size, hidden_size=cfg.text_hidden, intermediate_size=cfg.text_intermediate,
-                         num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
-                         num_key_value_heads=cfg.text_heads, max_position_embeddings=256,
-                         pad_token_id=SPECIALS["<pad>"], bos_token_id=SPECIALS["<s>"], eos_token_id=SPECIALS["</s>"])
+    common = dict(vocab_size=vocab_size, hidden_size=cfg.text_hidden, intermediate_size=cfg.text_intermediate,
+                  num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+                  num_key_value_heads=cfg.text_heads, max_position_embeddings=256,
+                  pad_token_id=SPECIALS["<pad>"], bos_token_id=SPECIALS["<s>"], eos_token_id=SPECIALS["</s>"])
+    if cfg.local_layers <= 0:
+        text = T.LlamaConfig(**common)
+    else:  # Llama-style with per-layer attention types; the local layers see only the last `local_window` tokens
+        if not 0 < cfg.local_layers < cfg.text_layers or cfg.local_window < 1:
+            raise ValueError(f"local_layers must leave at least one full-attention layer (0 < {cfg.local_layers} < "
+                             f"{cfg.text_layers}) and local_window must be >= 1 (got {cfg.local_window})")
+        types = ["sliding_attention"] * cfg.local_layers + ["full_attention"] * (cfg.text_layers - cfg.local_layers)
+        text = T.Qwen2Config(**common, use_sliding_window=True, sliding_window=cfg.local_window, layer_types=types,
+                             tie_word_embeddings=False)
     config = T.LlavaConfig(vision_config=vision, text_config=text, image_token_index=SPECIALS["<image>"],
                            image_seq_length=n_image_tokens, vision_feature_layer=-2,
                            vision_feature_select_strategy="default")
@@ -225,8 +251,6 @@ class TrainingMix:
     rng: np.random.Generator = field(init=False)
 
     def __post_init__(self) -> None:
-        from hooks.patching import INSTRUCTION_PLACEMENTS
-
         if self.cfg.instruction_placement not in INSTRUCTION_PLACEMENTS:
             raise ValueError(f"instruction_placement must be one of {INSTRUCTION_PLACEMENTS}, got "
                              f"{self.cfg.instruction_placement!r}")
@@ -339,6 +363,8 @@ class TrainingMix:
         label = stated if modality == "text" else true_colour
         if self.cfg.instruction_placement == "question":
             return Example("instructed", f"{instruction} {question}", context, pool.images[i], label, i, stated)
+        if self.cfg.instruction_placement == "end":
+            return Example("instructed", f"{question} {instruction}", context, pool.images[i], label, i, stated)
         return Example("instructed", question, context, pool.images[i], label, i, stated, preamble=instruction)
 
 
@@ -442,7 +468,7 @@ def save(model: Any, processor: Any, out: str | Path, *, card: str | None = None
 
 
 def evaluate(vlm: Any, *, n_per_cell: int = 4, seed: int = 1000, image_size: int = 64, batch_size: int = 32,
-             progress: bool = True, placement: str = "question") -> dict[str, Any]:
+             progress: bool = True, placement: str = DEFAULT_PLACEMENT) -> dict[str, Any]:
     """Held-out metrics on the built-in colour set (conflict cases, no controls).
 
     Returns per-tier accuracy and mean entropy for each modality, the Spearman correlation of
@@ -491,7 +517,7 @@ def evaluate(vlm: Any, *, n_per_cell: int = 4, seed: int = 1000, image_size: int
 
 
 def instruction_following(vlm: Any, cases: Sequence[Any], *, kept: Sequence[bool] | None = None,
-                          batch_size: int = 32, placement: str = "question") -> dict[str, Any]:
+                          batch_size: int = 32, placement: str = DEFAULT_PLACEMENT) -> dict[str, Any]:
     """Conflict pass of each case under each modality instruction of `INSTRUCTIONS[0]` (the
     phrasing `hooks.patching` steers with), placed as `hooks.patching.with_instruction` does
     (`placement`: where the model was trained with it): the share of cases answered with the instructed

@@ -534,11 +534,14 @@ def test_with_instruction_places_the_instruction_where_asked():
     start = P.with_instruction(items, " use the text . ", placement="start")
     assert [it.preamble for it in start] == ["use the text .", "be brief . use the text ."]
     assert [(it.question, it.context) for it in start] == [(it.question, it.context) for it in items]
-    question = P.with_instruction(items, "use the text .")
+    question = P.with_instruction(items, "use the text .", placement="question")
     assert [it.question for it in question] == ["use the text . what colour ?", "use the text . what shape ?"]
     assert [it.preamble for it in question] == [None, "be brief ."]
+    end = P.with_instruction(items, "use the text .")  # the default: where data/tiny_vlm was trained with it
+    assert [it.question for it in end] == ["what colour ? use the text .", "what shape ? use the text ."]
+    assert [it.preamble for it in end] == [None, "be brief ."]
     with pytest.raises(ValueError, match="placement"):
-        P.with_instruction(items, "use the text .", placement="end")
+        P.with_instruction(items, "use the text .", placement="middle")
 
 
 def test_optimized_direction_is_what_steer_applies_and_respects_its_bound(vlm):

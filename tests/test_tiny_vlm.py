@@ -8,7 +8,7 @@ import torch
 from hooks.loading import load_vlm
 from hooks.tiny_vlm import DEFAULT_DIR, ScenePool, TinyVLMConfig, save, train
 
-TINY = dict(steps=3, batch_size=8, n_scenes=28, vision_hidden=32, vision_layers=1, text_hidden=32, text_layers=1,
+TINY = dict(steps=3, batch_size=8, n_scenes=28, vision_hidden=32, vision_layers=1, text_hidden=32, text_layers=2,
             text_intermediate=64, warmup=1, threads=1)
 
 
@@ -49,11 +49,9 @@ def test_training_mix_follows_the_documented_reliabilities():
         stated = ex.stated
         conflicting += stated == wrong
         assert ex.image is not None and ex.context
-        if ex.question.split(" ")[:4] in (["use", "the", "text", "to"], ["answer", "from", "the", "text"],
-                                          ["trust", "only", "the", "text"]):
-            assert ex.label == stated, ex
-        else:
-            assert "image" in ex.question.split(" ")[:4] and ex.label == true, ex
+        names_text, names_image = " the text " in f" {ex.question} ", " the image " in f" {ex.question} "
+        assert names_text != names_image, ex  # one instruction, naming one modality
+        assert ex.label == (stated if names_text else true), ex
     assert abs(conflicting / len(instructed) - cfg.instructed_conflict) < 0.1
     draws = [mix.context("star", "circle", "red", "blue") for _ in range(6000)]
     relevant = [d for d in draws if d[3]]
@@ -103,6 +101,35 @@ def test_shipped_checkpoint_follows_the_trained_instructions_on_easy_conflicts()
     out = instruction_following(vlm, cases, batch_size=12)
     assert out["n"] == 12
     assert out["text"]["instructed"] >= 10 / 12 and out["image"]["instructed"] >= 10 / 12, out
+
+
+@shipped
+def test_shipped_checkpoint_is_steered_both_ways_by_the_mc2_direction():
+    """Issue 8's steering line on fresh cases (seeds other than the docs'): the "use the text"
+    minus "use the image" direction, added at the answer position in layers 0-1 with +alpha,
+    raises TFR over the cases right in both unimodal passes, and with -alpha lowers it, each
+    shift's paired 95% interval excluding 0."""
+    from hooks.patching import instruction_direction, steering_effect
+    from hooks.prompts import PromptItem
+    from interp.candidates import candidate_pair
+    from interp.datasets.colour import colour_cases
+    from interp.datasets.text import INSTRUCTION
+
+    vlm = load_vlm(DEFAULT_DIR)
+
+    def items(cases):
+        return [PromptItem(f"{c.question} {INSTRUCTION}", c.context, c.open_image()) for c in cases]
+
+    fit = list(colour_cases(1, 77, image_size=64, visual_tiers=[0, 2], text_tiers=[0, 2], controls=False))
+    direction = instruction_direction(vlm, items(fit)).relative()
+    held = list(colour_cases(6, 78, image_size=64, controls=False))
+    pairs = [candidate_pair(vlm.tokenizer, c.text_answer, c.image_answer, tuple(c.text_candidates)[1:],
+                            tuple(c.image_candidates)[1:]) for c in held]
+    report = steering_effect(vlm, items(held), pairs, direction, alphas=(-0.3, 0.3), layers=(0, 1), n_boot=0,
+                             batch_size=112)
+    assert report.n_kept >= 60
+    down, up = report.tfr_shift_ci(-0.3), report.tfr_shift_ci(0.3)
+    assert up[0] > 0 and down[1] < 0, (report.tfr_shift(-0.3), down, report.tfr_shift(0.3), up)
 
 
 def test_conflict_examples_carry_the_taught_text_prior():
@@ -172,23 +199,55 @@ def test_text_distractors_add_one_sentence_about_another_shape_and_colour():
 
 
 def test_instruction_placement_moves_only_the_instruction():
-    """`instruction_placement="start"` draws the same examples, with the instruction as the
-    preamble instead of in front of the question."""
+    """`instruction_placement="start"` / `"end"` (the default) draw the same examples as
+    `"question"`, with the instruction as the preamble / after the question instead of in front
+    of it."""
     from hooks.tiny_vlm import TrainingMix
 
     pool = ScenePool.draw(28, 0, 64)
-    before = TrainingMix(pool, TinyVLMConfig(**TINY))
+    before = TrainingMix(pool, TinyVLMConfig(**TINY, instruction_placement="question"))
     start = TrainingMix(pool, TinyVLMConfig(**TINY, instruction_placement="start"))
+    end = TrainingMix(pool, TinyVLMConfig(**TINY))
     n_instructed = 0
     for _ in range(600):
-        a, b = before.sample(), start.sample()
-        assert (a.kind, a.context, a.label, a.scene, a.stated) == (b.kind, b.context, b.label, b.scene, b.stated)
+        a, b, c = before.sample(), start.sample(), end.sample()
+        for other in (b, c):
+            assert (a.kind, a.context, a.label, a.scene, a.stated) == (other.kind, other.context, other.label,
+                                                                      other.scene, other.stated)
         if a.kind != "instructed":
-            assert a == b
+            assert a == b == c
             continue
         n_instructed += 1
         assert a.preamble is None and b.preamble and a.question == f"{b.preamble} {b.question}"
+        instruction, question = b.preamble, b.question
+        assert c.preamble is None and c.question == f"{question} {instruction}"
     assert n_instructed > 20
+
+
+def test_local_layers_see_only_their_window():
+    """`local_layers=1`: the first decoder layer's output at the last position does not change
+    when a token further back than `local_window` changes, and changes when one inside does;
+    with full attention (the shipped recipe) it changes either way."""
+    from hooks.tiny_vlm import build_model
+
+    def first_layer_last_state(cfg: TinyVLMConfig, ids: torch.Tensor) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = build_model(cfg, 40).eval()
+        with torch.no_grad():
+            return model.model.language_model(input_ids=ids, output_hidden_states=True).hidden_states[1][:, -1]
+
+    ids = torch.randint(5, 40, (1, 20), generator=torch.Generator().manual_seed(1))
+    far, near = ids.clone(), ids.clone()
+    far[0, 5] = 5 if ids[0, 5] != 5 else 6  # 14 tokens back from the last
+    near[0, 17] = 5 if ids[0, 17] != 5 else 6  # 2 tokens back
+    local = TinyVLMConfig(**{**TINY, "text_layers": 2, "local_layers": 1, "local_window": 4})
+    base = first_layer_last_state(local, ids)
+    assert torch.equal(first_layer_last_state(local, far), base)
+    assert not torch.allclose(first_layer_last_state(local, near), base)
+    full = TinyVLMConfig(**{**TINY, "text_layers": 2, "local_layers": 0})
+    assert not torch.allclose(first_layer_last_state(full, far), first_layer_last_state(full, ids))
+    with pytest.raises(ValueError, match="local_layers"):
+        build_model(TinyVLMConfig(**{**TINY, "text_layers": 1, "local_layers": 1}), 40)  # no full layer left
 
 
 def test_training_mix_refuses_bad_settings():
@@ -196,7 +255,7 @@ def test_training_mix_refuses_bad_settings():
 
     pool = ScenePool.draw(4, 0, 64)
     with pytest.raises(ValueError, match="instruction_placement"):
-        TrainingMix(pool, TinyVLMConfig(**TINY, instruction_placement="end"))
+        TrainingMix(pool, TinyVLMConfig(**TINY, instruction_placement="middle"))
     with pytest.raises(ValueError, match="one probability per text tier"):
         TrainingMix(pool, TinyVLMConfig(**TINY, text_reliability=(0.9, 0.8)))
     with pytest.raises(ValueError, match="text_prior needs one probability per text tier"):
