@@ -34,7 +34,8 @@ change of logit(text) - logit(vision) at the answer position is recorded. Writes
    own): TFR with a paired bootstrap CI of its shift, and the balance point, per alpha.
    Two directions: the MC² instruction contrast ("use the text to answer ." minus "use the
    image to answer ." appended to the question; `--placement question`: before it, `start`: at
-   the start of the user turn) and a relevance contrast (conflict cases minus their text-irrelevant controls).
+   the start of the user turn) and a relevance contrast (conflict cases minus their
+   text-irrelevant controls).
    Alpha is a fraction of the mean state norm at each layer (`SteeringDirection.relative`).
 4. `--lever MAX_NORM`: per layer, the best single vector for text-following on the fit cases
    (`hooks.patching.optimize_direction`), applied with -v, -v/2, +v/2, +v to the default set:

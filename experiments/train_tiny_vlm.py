@@ -143,8 +143,9 @@ def write_card(out: Path, cfg: TinyVLMConfig, log: dict, m: dict, eval_seed: int
             f"`Qwen2`, the first {'layer' if cfg.local_layers == 1 else f'{cfg.local_layers} layers'} attending "
             f"only to the last {cfg.local_window} tokens; "),
         distractor_block="" if cfg.text_distractor_share <= 0 else (
-            f"- In {cfg.text_distractor_share:.0%} of all contexts (of every kind) one more sentence, before or after,\n"
-            "  gives another shape another colour, so that the stated colour must be matched to the asked shape.\n"),
+            f"- In {cfg.text_distractor_share:.0%} of all contexts (of every kind) one more sentence, before or "
+            "after,\n  gives another shape another colour, so that the stated colour must be matched to the asked "
+            "shape.\n"),
     )
     (out / "MODEL_CARD.md").write_text(text)
     return text
@@ -171,10 +172,16 @@ def conflict_text(cfg: TinyVLMConfig) -> dict[str, str]:
 PLACED = {"question": "before the question", "start": "at the start of the user turn", "end": "after the question"}
 
 
+# settings whose default changed after checkpoints were written without them: a record that
+# lacks one was trained with the value it had then, not with today's default
+BEFORE_THE_FIELD = {"instruction_placement": "question", "local_layers": 0}
+
+
 def read_record(model_dir: Path) -> tuple[dict, TinyVLMConfig]:
     """(training.json of a checkpoint, its TinyVLMConfig; JSON lists back to tuples)."""
     record = json.loads((model_dir / "training.json").read_text())
-    cfg = TinyVLMConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items()})
+    config = {**BEFORE_THE_FIELD, **record["config"]}
+    cfg = TinyVLMConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
     return record, cfg
 
 

@@ -2,9 +2,10 @@
 
 A real `LlavaForConditionalGeneration` (CLIP vision tower, projector, Llama-style language
 model: a `Qwen2` one, whose first decoder layer attends only to the last `local_window` = 8
-tokens and the others to everything) with a word-level tokenizer over the colour set's vocabulary, trained from scratch on the CPU
-on the colour tasks of `interp.datasets.colour`, then saved with `save_pretrained`, so
-`load_vlm("data/tiny_vlm")` takes exactly the path of a hub model.
+tokens and the others to everything) with a word-level tokenizer over the colour set's
+vocabulary, trained from scratch on the CPU on the colour tasks of `interp.datasets.colour`,
+then saved with `save_pretrained`, so `load_vlm("data/tiny_vlm")` takes exactly the path of a
+hub model.
 
 Training mix **[ours]** (in the shipped recipe the label is the scene's true colour, never
 the text's colour against the image, except under an explicit instruction):
@@ -23,7 +24,7 @@ the text's colour against the image, except under an explicit instruction):
   unless set): one more sentence giving another shape another colour (`TrainingMix.distract`);
   measured in docs/interventions.md, not shipped.
 - **instructed** (a share `instructed_share` of all examples): image + relevant context +
-  question preceded by an instruction naming a modality ("use the text to answer .", "answer
+  question with an instruction naming a modality ("use the text to answer .", "answer
   from the image .", ...; `INSTRUCTIONS`). The context states a wrong colour with probability
   `instructed_conflict`; the label is the colour of the named modality. This is the one place a
   label can be the text's colour against the image, and only under an explicit instruction.
@@ -119,7 +120,7 @@ class TinyVLMConfig:
     mix: tuple[float, float, float] = (0.5, 0.2, 0.3)  # vision-only, text-only, both (of the uninstructed)
     instructed_share: float = 0.1  # of all examples: image + context + an instruction naming the modality
     instructed_conflict: float = 0.5  # P(the context of an instructed example states a wrong colour)
-    instruction_placement: str = "end"  # where the instruction goes: "end" (after the question), "question", "start"
+    instruction_placement: str = DEFAULT_PLACEMENT  # "end" (after the question), "question" (before it), "start"
     conflict_share: float = 0.0  # of all examples: image + a relevant context stating a wrong colour, no instruction
     text_prior: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)  # per text tier: P(a conflict example's label is the text's)
     text_distractor_share: float = 0.0  # of all contexts: one more statement giving another shape another colour
@@ -262,7 +263,8 @@ class TrainingMix:
             raise ValueError(f"conflict_share ({self.cfg.conflict_share}) must be >= 0 and, with instructed_share "
                              f"({self.cfg.instructed_share}), sum to at most 1")
         if not 0 <= self.cfg.text_distractor_share <= 1:
-            raise ValueError(f"text_distractor_share must be a probability in [0, 1], got {self.cfg.text_distractor_share}")
+            raise ValueError(f"text_distractor_share must be a probability in [0, 1], got "
+                             f"{self.cfg.text_distractor_share}")
         self.rng = np.random.default_rng([self.cfg.seed, 13])
         self._by_tier: dict[int, np.ndarray] = {}
 

@@ -38,7 +38,8 @@ def test_activation_patching_script_with_effects(tmp_path):
               "--steer-positions", "3", cwd=tmp_path)
     assert "steering at layers" in out
     effects = json.loads((tmp_path / "p" / "effects.json").read_text())
-    assert {"image_swap", "knockout", "read_timing", "steering_instruction", "steering_relevance", "lever"} <= set(effects)
+    assert {"image_swap", "knockout", "read_timing", "steering_instruction", "steering_relevance",
+            "lever"} <= set(effects)
     timing = effects["read_timing"]["rows"]  # each key group blocked in layer 0, 1, 2, 3 alone, then in all
     assert [(r["keys"], r["layers"]) for r in timing] == [(k, w) for k in ("context", "image")
                                                           for w in ([0], [1], [2], [3], [0, 1, 2, 3])]
@@ -61,3 +62,22 @@ def test_activation_patching_refuses_bad_option_combinations(tmp_path, args, mes
                            str(tmp_path / "p"), *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and message in done.stderr
     assert not (tmp_path / "p").exists()
+
+
+def test_a_training_record_from_before_a_setting_existed_reads_as_it_was_trained(tmp_path):
+    """training.json files written before `instruction_placement` / `local_layers` existed
+    describe full-attention models trained with the instruction before the question, whatever
+    today's defaults are; a record that names them keeps its values."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    try:
+        from train_tiny_vlm import read_record
+    finally:
+        sys.path.remove(str(REPO / "experiments"))
+    old_record = {"config": {"seed": 3, "text_reliability": [0.9, 0.8, 0.7, 0.6]}}
+    (tmp_path / "training.json").write_text(json.dumps(old_record))
+    _, old = read_record(tmp_path)
+    assert (old.seed, old.instruction_placement, old.local_layers) == (3, "question", 0)
+    assert old.text_reliability == (0.9, 0.8, 0.7, 0.6)
+    (tmp_path / "training.json").write_text(json.dumps({"config": {"instruction_placement": "end", "local_layers": 1}}))
+    _, new = read_record(tmp_path)
+    assert (new.instruction_placement, new.local_layers) == ("end", 1)
