@@ -78,8 +78,8 @@ known, not to draw conclusions about large models.
   decay to 5%, weight decay {weight_decay}); loss: cross-entropy of the answer token only.
 - wall time {wall_min:.1f} min on {threads} CPU threads ({machine}); torch {torch}.
 - reproduce: `python experiments/train_tiny_vlm.py --seed {seed} --steps {steps}`. The weights come
-  out identical for the same torch build, thread count and CPU; elsewhere float rounding differs
-  from the first steps and the result is another draw of the same recipe (docs/interventions.md
+  out identical for the same torch build, thread count and machine; elsewhere float rounding can
+  differ from the first steps and the result is another draw of the same recipe (docs/interventions.md
   has one retrain's numbers).
 
 ## Training data

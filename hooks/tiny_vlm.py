@@ -409,7 +409,8 @@ def batches(mix: TrainingMix, batch_size: int) -> Iterator[tuple[list[Example], 
 def train(cfg: TinyVLMConfig, *, pool: ScenePool | None = None, log_every: int = 50, progress: bool = True,
           model: Any = None, processor: Any = None) -> tuple[Any, Any, dict[str, Any]]:
     """Train from scratch; returns (model, processor, log). Deterministic for a seed, thread count,
-    torch build and CPU (kernels round differently on other hardware)."""
+    torch build and machine (two processes on one machine gave identical weights; a retrain on
+    another machine rounded differently from the first steps)."""
     from tqdm import tqdm
 
     torch.set_num_threads(cfg.threads)
