@@ -9,14 +9,13 @@ Matching is exact after normalisation: "Red." matches "red", but "The colour is 
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterable, Sequence
-from typing import Literal
 
 import numpy as np
 
 from interp.errors import CaseError
 from interp.results import CorrectInBoth, FollowingRatios
+from interp.vocabulary import LABELS, Label, normalise_answer
 
 __all__ = [
     "DROP_REASONS",
@@ -29,33 +28,10 @@ __all__ = [
     "tfr_vfr",
 ]
 
-Label = Literal["vision", "text", "other"]
-LABELS: tuple[str, ...] = ("vision", "text", "other")
-
 DROP_REASONS: tuple[str, ...] = ("both_wrong", "vision_wrong", "text_wrong", "not_conflict")
 """Why :func:`correct_in_both` drops a case, in the order the checks are made."""
 
 Candidates = str | Iterable[str]
-
-
-def normalise_answer(s: str) -> str:
-    """``s`` in the form answers are compared in: case, whitespace and punctuation removed.
-
-    Steps: Unicode NFKC (full-width letters, ligatures); case-fold ("Red", "RED" -> "red");
-    dashes and underscores become spaces ("light-blue" -> "light blue"); every other Unicode
-    punctuation character is deleted ("red." -> "red", "peacock's" -> "peacocks"); runs of
-    whitespace collapse to one space, trimmed at both ends.
-    """
-    if not isinstance(s, str):
-        raise TypeError(f"an answer must be a string, got {type(s).__name__}")
-    out = []
-    for ch in unicodedata.normalize("NFKC", s).casefold():
-        cat = unicodedata.category(ch)
-        if cat in ("Pd", "Pc"):
-            out.append(" ")
-        elif not cat.startswith("P"):
-            out.append(ch)
-    return " ".join("".join(out).split())
 
 
 def _normalised_set(candidates: Candidates) -> frozenset[str]:

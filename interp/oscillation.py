@@ -22,6 +22,7 @@ import numpy as np
 from jaxtyping import Float
 
 from interp.results import OscillationSummary, RegionMean
+from interp.vocabulary import LAYER_CLASSES
 
 __all__ = [
     "AMBIGUOUS_WIDTH",
@@ -29,8 +30,6 @@ __all__ = [
     "region_labels",
     "summarise_oscillations",
 ]
-
-CLASSES: tuple[str, ...] = ("text", "vision", "irrelevant")
 
 AMBIGUOUS_WIDTH = 0.5
 """Half-width of the ambiguous region around the balance point, in dH_rel units (METHOD §1.5)."""
@@ -55,8 +54,8 @@ def count_switches(classes: Iterable[str], *, has_embedding: bool = False) -> in
     """
     seq = list(classes)
     for c in seq:
-        if c not in CLASSES:
-            raise ValueError(f"unknown layer class {c!r}; expected one of {CLASSES}")
+        if c not in LAYER_CLASSES:
+            raise ValueError(f"unknown layer class {c!r}; expected one of {LAYER_CLASSES}")
     if has_embedding:
         seq = seq[1:]
     relevant = [c for c in seq if c != "irrelevant"]

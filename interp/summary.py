@@ -1,7 +1,7 @@
 """summary.json of a run: every number of METHOD §1 computed from the case rows alone.
 
 :func:`summarise` is pure: it reads case rows (the columns of
-:data:`interp.records.CASE_SCHEMA`) and returns a JSON-ready dict; no file is touched.
+:data:`modality_lens.rundir.CASE_SCHEMA`) and returns a JSON-ready dict; no file is touched.
 Rows are put in ``case_id`` order first, so the result depends only on the set of cases and
 the seed, not on the order in which a (possibly interrupted and resumed) run recorded them.
 
@@ -44,6 +44,7 @@ from interp.curves import fit_following, robustness_split, wilson_interval
 from interp.following import DROP_REASONS, tfr_vfr
 from interp.oscillation import AMBIGUOUS_WIDTH, region_labels, summarise_oscillations
 from interp.results import _jsonable
+from interp.vocabulary import CONTROLS, LABELS
 
 __all__ = ["AMBIGUOUS_WIDTH", "REQUIRED_KEYS", "case_regions", "summarise", "with_regions"]
 
@@ -53,7 +54,6 @@ REQUIRED_KEYS: tuple[str, ...] = (
 )
 """Top-level keys every summary.json has (issue 7)."""
 
-CONTROLS: tuple[str, ...] = ("text_irrelevant", "image_irrelevant")
 CI_LEVEL = 0.95
 
 _COLUMNS = ("case_id", "control", "visual_tier", "text_tier", "vision_correct", "text_correct",
@@ -188,29 +188,9 @@ def summarise(
     control_names = list(CONTROLS) + sorted({r["control"] for r in rows if r["control"] is not None} - set(CONTROLS))
 
     # --- filter and macro ratios
-    dropped = Counter(r["drop_reason"] for r in conflict if not r["kept"])
     ratios = tfr_vfr(r["label"] for r in kept)
     curve_rows = [r for r in kept if r["label"] in ("text", "vision")]
-    h_v = np.array([_float(r["h_v"]) for r in conflict])
-    h_t = np.array([_float(r["h_t"]) for r in conflict])
-    n_zero = int(np.sum((h_v + h_t) == 0))
-    filter_counts = {
-        "n_conflict": len(conflict),
-        "dropped": {**{reason: 0 for reason in DROP_REASONS}, **dict(dropped)},
-        "n_kept": len(kept),
-        "labels_kept": {"text": ratios.n_text, "vision": ratios.n_vision, "other": ratios.n_other},
-        "n_other_excluded": ratios.n_other,
-        "n_curve": len(curve_rows),
-        "n_zero_entropy": n_zero,
-    }
-    if n_zero:
-        notes.append(f"{n_zero} conflict case(s) with H_t + H_v = 0: dH_rel defined as 0 there")
-    if ratios.note:
-        notes.append(ratios.note)
-    if ratios.n_other:
-        notes.append(
-            f"{ratios.n_other} kept case(s) answered neither modality ('other'): left out of TFR and the curve"
-        )
+    filter_counts = _filter_counts(conflict, kept, ratios, len(curve_rows), notes)
 
     # --- following curve, monotonicity, robustness
     x = np.array([_float(r["dh_rel"]) for r in curve_rows], dtype=np.float64)
@@ -220,57 +200,6 @@ def summarise(
     robust = robustness_split(x, y, total, n_boot=n_boot, seed=seed, ci_level=CI_LEVEL)
     if curve.note:
         notes.append(f"following curve ({curve.status}): {curve.note}")
-
-    # --- oscillation per region
-    regions = case_regions(kept, curve.balance_point, region_width)
-    with_count = [(r, reg) for r, reg in zip(kept, regions) if r["oscillations"] is not None]
-    n_missing = len(kept) - len(with_count)
-    osc = summarise_oscillations(
-        [int(r["oscillations"]) for r, _ in with_count], [reg for _, reg in with_count],
-        n_boot=n_boot, seed=seed, ci_level=CI_LEVEL,
-    )
-    osc_notes = [osc.note] if osc.note else []
-    if curve.balance_point is None:
-        osc_notes.insert(0, f"no balance point (curve status {curve.status!r}): the ambiguous and clear "
-                            "regions are undefined, so no oscillation mean is reported")
-    if n_missing:
-        osc_notes.append(f"{n_missing} kept case(s) without a switch count left out")
-    oscillation = {
-        "ambiguous": _region_entry(osc, "ambiguous"),
-        "clear": _region_entry(osc, "clear"),
-        "difference": osc.difference,
-        "difference_ci": list(osc.difference_ci) if osc.difference_ci else None,
-        "n_unassigned": osc.n_unassigned,
-        "n_missing": n_missing,
-        "note": "; ".join(osc_notes) or None,
-    }
-
-    # --- controls
-    controls: dict[str, Any] = {}
-    for name in control_names:
-        group = [r for r in rows if r["control"] == name]
-        counted = [int(r["oscillations"]) for r in group if r["oscillations"] is not None]
-        if counted:
-            s = summarise_oscillations(counted, [name] * len(counted), n_boot=n_boot, seed=seed, ci_level=CI_LEVEL)
-            entry = _region_entry(s, name)
-        else:
-            entry = {"mean": None, "ci": None, "n": 0}
-        labels = Counter(r["label"] for r in group)
-        controls[name] = {
-            "n_cases": len(group),
-            **entry,
-            "labels": {lab: labels.get(lab, 0) for lab in ("text", "vision", "other")},
-            "note": None if counted else f"no {name} control case with a switch count",
-        }
-
-    # --- tiers
-    visual, nv = _tier_table(conflict, "visual_tier", "vision_correct", "h_v")
-    text, nt = _tier_table(conflict, "text_tier", "text_correct", "h_t")
-    tiers = {
-        "visual": visual, "text": text, "n_no_visual_tier": nv, "n_no_text_tier": nt,
-        "note": "conflict cases before the filter; visual tiers: vision-only pass (vision_correct, H_v); "
-                "text tiers: text-only pass (text_correct, H_t); entropy in nats; tfr over kept cases",
-    }
 
     summary = {
         "n_cases": len(rows),
@@ -292,11 +221,96 @@ def summarise(
             "share_decreasing": curve.share_decreasing,
         },
         "robustness": robust.to_dict(),
-        "oscillation": oscillation,
-        "controls": controls,
-        "tiers": tiers,
+        "oscillation": _oscillation(kept, curve, region_width, n_boot=n_boot, seed=seed),
+        "controls": _controls(rows, control_names, n_boot=n_boot, seed=seed),
+        "tiers": _tiers(conflict),
         "filter": filter_counts,
         "parameters": {"seed": seed, "n_boot": n_boot, "region_width": region_width, "ci_level": CI_LEVEL},
         "notes": notes,
     }
     return _jsonable(summary)
+
+
+def _filter_counts(conflict: list[dict[str, Any]], kept: list[dict[str, Any]], ratios: Any, n_curve: int,
+                   notes: list[str]) -> dict[str, Any]:
+    """What the correct-in-both filter kept and dropped; appends the notes it gives rise to."""
+    dropped = Counter(r["drop_reason"] for r in conflict if not r["kept"])
+    h_v = np.array([_float(r["h_v"]) for r in conflict])
+    h_t = np.array([_float(r["h_t"]) for r in conflict])
+    n_zero = int(np.sum((h_v + h_t) == 0))
+    if n_zero:
+        notes.append(f"{n_zero} conflict case(s) with H_t + H_v = 0: dH_rel defined as 0 there")
+    if ratios.note:
+        notes.append(ratios.note)
+    if ratios.n_other:
+        notes.append(
+            f"{ratios.n_other} kept case(s) answered neither modality ('other'): left out of TFR and the curve"
+        )
+    return {
+        "n_conflict": len(conflict),
+        "dropped": {**{reason: 0 for reason in DROP_REASONS}, **dict(dropped)},
+        "n_kept": len(kept),
+        "labels_kept": {"text": ratios.n_text, "vision": ratios.n_vision, "other": ratios.n_other},
+        "n_other_excluded": ratios.n_other,
+        "n_curve": n_curve,
+        "n_zero_entropy": n_zero,
+    }
+
+
+def _oscillation(kept: list[dict[str, Any]], curve: Any, region_width: float, *, n_boot: int,
+                 seed: int) -> dict[str, Any]:
+    """Switches per kept case in the ambiguous and clear regions around the balance point."""
+    regions = case_regions(kept, curve.balance_point, region_width)
+    with_count = [(r, reg) for r, reg in zip(kept, regions) if r["oscillations"] is not None]
+    n_missing = len(kept) - len(with_count)
+    osc = summarise_oscillations(
+        [int(r["oscillations"]) for r, _ in with_count], [reg for _, reg in with_count],
+        n_boot=n_boot, seed=seed, ci_level=CI_LEVEL,
+    )
+    osc_notes = [osc.note] if osc.note else []
+    if curve.balance_point is None:
+        osc_notes.insert(0, f"no balance point (curve status {curve.status!r}): the ambiguous and clear "
+                            "regions are undefined, so no oscillation mean is reported")
+    if n_missing:
+        osc_notes.append(f"{n_missing} kept case(s) without a switch count left out")
+    return {
+        "ambiguous": _region_entry(osc, "ambiguous"),
+        "clear": _region_entry(osc, "clear"),
+        "difference": osc.difference,
+        "difference_ci": list(osc.difference_ci) if osc.difference_ci else None,
+        "n_unassigned": osc.n_unassigned,
+        "n_missing": n_missing,
+        "note": "; ".join(osc_notes) or None,
+    }
+
+
+def _controls(rows: list[dict[str, Any]], control_names: list[str], *, n_boot: int, seed: int) -> dict[str, Any]:
+    """Per control kind: its cases, switches per case, and the labels its answers got."""
+    controls: dict[str, Any] = {}
+    for name in control_names:
+        group = [r for r in rows if r["control"] == name]
+        counted = [int(r["oscillations"]) for r in group if r["oscillations"] is not None]
+        if counted:
+            s = summarise_oscillations(counted, [name] * len(counted), n_boot=n_boot, seed=seed, ci_level=CI_LEVEL)
+            entry = _region_entry(s, name)
+        else:
+            entry = {"mean": None, "ci": None, "n": 0}
+        labels = Counter(r["label"] for r in group)
+        controls[name] = {
+            "n_cases": len(group),
+            **entry,
+            "labels": {lab: labels.get(lab, 0) for lab in LABELS},
+            "note": None if counted else f"no {name} control case with a switch count",
+        }
+    return controls
+
+
+def _tiers(conflict: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy and entropy per visual tier (vision-only pass) and per text tier (text-only pass)."""
+    visual, nv = _tier_table(conflict, "visual_tier", "vision_correct", "h_v")
+    text, nt = _tier_table(conflict, "text_tier", "text_correct", "h_t")
+    return {
+        "visual": visual, "text": text, "n_no_visual_tier": nv, "n_no_text_tier": nt,
+        "note": "conflict cases before the filter; visual tiers: vision-only pass (vision_correct, H_v); "
+                "text tiers: text-only pass (text_correct, H_t); entropy in nats; tfr over kept cases",
+    }

@@ -11,7 +11,7 @@
 See docs/datasets.md for the tier tables and the choices marked [ours].
 """
 
-from interp.datasets.case import CONTROLS, Case, build_prompt, normalise_answer
+from interp.datasets.case import CASE_KINDS, Case, build_prompt
 from interp.datasets.colour import (
     COLOUR_TIERS,
     ColourGroup,
@@ -41,9 +41,10 @@ from interp.datasets.text import (
     words,
 )
 from interp.datasets.validate import RULES, validate
+from interp.vocabulary import CONTROLS, normalise_answer
 
 __all__ = [
-    "CONTROLS", "COLOURS", "COLOUR_RGB", "COLOUR_TIERS", "Case", "ColourGroup", "INSTRUCTION",
+    "CASE_KINDS", "CONTROLS", "COLOURS", "COLOUR_RGB", "COLOUR_TIERS", "Case", "ColourGroup", "INSTRUCTION",
     "Mc2Import", "PlacedShape", "RULES", "SHAPES", "SHAPE_TIERS", "Scene", "ShapeGroup",
     "TierSpec", "build_prompt", "colour_case", "colour_cases", "colour_group", "dataset_info",
     "draw_colour_scene", "draw_scene", "draw_shape_scene", "load_dataset", "load_mc2",

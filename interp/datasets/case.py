@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,11 +9,11 @@ from typing import Any
 from PIL import Image
 
 from interp.datasets.text import INSTRUCTION
+from interp.vocabulary import CONTROLS
 
-CONTROLS: tuple[str | None, ...] = (None, "text_irrelevant", "image_irrelevant")
-"""``None``: a conflict case. ``text_irrelevant``: the context speaks of a subject that is
-not the one asked about. ``image_irrelevant``: the question asks about a subject absent from
-the image."""
+CASE_KINDS: tuple[str | None, ...] = (None, *CONTROLS)
+"""The ``control`` values of a case: ``None`` (a conflict case), then the two control kinds of
+:data:`interp.vocabulary.CONTROLS`. The generators seed each kind's text with its index here."""
 
 JSONL_KEYS = (
     "id", "group_id", "image", "question", "context", "image_answer", "text_answer",
@@ -27,11 +26,6 @@ JSONL_KEYS = (
 def build_prompt(question: str, context: str = "", instruction: str = INSTRUCTION) -> str:
     """``[context] + question + instruction`` joined by single spaces (METHOD §1.6)."""
     return " ".join(part for part in (context.strip(), question.strip(), instruction.strip()) if part)
-
-
-def normalise_answer(text: str) -> str:
-    """Case, surrounding whitespace and punctuation removed; inner whitespace collapsed."""
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
 @dataclass(frozen=True)
@@ -148,29 +142,3 @@ class Case:
             task=record.get("task", "colour"),
             image_name=Path(record["image"]).name,
         )
-
-
-def generate_cases(n_per_cell, visual_tiers, text_tiers, controls, validate_cases, *, prefix, make_group, draw,
-                   make_case):
-    """The generation loop shared by the synthetic sets: one scene per (group, visual tier), reused
-    by every text tier and case kind; the first case of each scene has its image validated.
-
-    ``make_group(g)`` -> group; ``draw(group, g, visual_tier)`` -> (scene seed, scene);
-    ``make_case(group, visual_tier, text_tier, control, scene_seed, scene, image_name)`` -> Case.
-    """
-    from interp.datasets.validate import validate
-
-    kinds = CONTROLS if controls else (None,)
-    for g in range(int(n_per_cell)):
-        group = make_group(g)
-        for vt in visual_tiers:
-            case_seed, scene = draw(group, g, vt)
-            image_name = f"{prefix}-g{g:05d}-v{vt:02d}.png"
-            first = True
-            for tt in text_tiers:
-                for kind in kinds:
-                    case = make_case(group, vt, tt, kind, case_seed, scene, image_name)
-                    if validate_cases:
-                        validate(case, check_image=first)
-                    first = False
-                    yield case

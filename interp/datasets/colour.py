@@ -28,36 +28,13 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from interp.datasets.case import CONTROLS, Case, generate_cases
-from interp.datasets.drawing import COLOURS, SHAPES, Scene, TierSpec, draw_scene, resolve_size
+from interp.datasets.case import CASE_KINDS, Case
+from interp.datasets.drawing import COLOURS, SHAPES, Scene, draw_scene, resolve_size
+from interp.datasets.generate import generate_cases
 from interp.datasets.text import COLOUR_QUESTION, COLOUR_SYNONYMS, TEXT_TIERS, text_context
+from interp.datasets.tiers import COLOUR_TIERS, COLOUR_VISUAL_TIERS
 
-_PAPER_LARGE = (800, 600)
-_PAPER_SMALL = (224, 224)
-
-COLOUR_TIERS: tuple[TierSpec, ...] = tuple(
-    [TierSpec(t, "px", (80.0, 200.0), t, 0.0, _PAPER_LARGE) for t in range(5)]
-    + [
-        TierSpec(t, "area", size, n, occ, _PAPER_SMALL, (0.3, 0.6))
-        for t, size, n, occ in (
-            (5, (0.20, 0.40), 7, 0.5),
-            (6, (0.20, 0.40), 10, 0.8),
-            (7, (0.05, 0.10), 7, 0.5),
-            (8, (0.05, 0.10), 11, 0.8),
-            (9, (0.04, 0.06), 20, 0.3),
-            (10, (0.04, 0.06), 30, 0.6),
-            (11, (0.04, 0.06), 40, 0.5),
-            (12, (0.04, 0.06), 55, 0.6),
-            (13, (0.04, 0.06), 70, 0.7),
-        )
-    ]
-)
-"""The METHOD §1.6 table. Tiers 0-4: target box side 80-200 px at 800x600, 0-4 distractors
-none touching the target. Tiers 5-13: target box area as a share of the image, distractor
-count, share of the target covered; non-occluding distractors have 0.3-0.6 of the target's
-side **[ours]**."""
-
-VISUAL_TIERS = tuple(spec.tier for spec in COLOUR_TIERS)
+VISUAL_TIERS = COLOUR_VISUAL_TIERS
 KIND_NAMES = {None: "conflict", "text_irrelevant": "textirr", "image_irrelevant": "imageirr"}
 
 _GROUP_STREAM, _SCENE_STREAM = 0, 1
@@ -192,9 +169,9 @@ def colour_case(
     image_name: str | None = None,
 ) -> Case:
     """One case of ``group`` on an already drawn ``scene``."""
-    if control not in CONTROLS:
-        raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
-    rng = np.random.default_rng([case_seed, text_tier, CONTROLS.index(control)])
+    if control not in CASE_KINDS:
+        raise ValueError(f"control must be one of {CASE_KINDS}, got {control!r}")
+    rng = np.random.default_rng([case_seed, text_tier, CASE_KINDS.index(control)])
     asked = group.absent_shape if control == "image_irrelevant" else group.target_shape
     spoken = group.target_shape if control is None else group.absent_shape
     context = text_context(text_tier, spoken, group.text_colour, rng, avoid=(group.image_colour,))

@@ -248,47 +248,56 @@ def draw_scene(
     return best
 
 
-def _try_scene(tier, target_shape, target_colour, rng, size, d_shapes, d_colours, tolerance):
-    width, height = size
-    rgb = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
-    labels = np.full((height, width), -1, dtype=np.int16)
-    objects: list[PlacedShape] = []
+class _Canvas:
+    """A scene being drawn: its pixels, which object covers each pixel, and the target's masks."""
 
-    def paint(shape: str, colour: str, role: str, x0: int, y0: int, side: int, sl, sub):
-        rgb[sl][sub] = COLOUR_RGB[colour]
-        labels[sl][sub] = len(objects)
-        objects.append(PlacedShape(shape, colour, role, (x0, y0, x0 + side, y0 + side)))
+    def __init__(self, size: tuple[int, int], rng: np.random.Generator) -> None:
+        width, height = size
+        self.size, self.rng = size, rng
+        self.rgb = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
+        self.labels = np.full((height, width), -1, dtype=np.int16)
+        self.objects: list[PlacedShape] = []
 
-    lo, hi = tier.side_range(size)
-    tside = int(rng.integers(lo, hi + 1))
-    tx0 = int(rng.integers(0, width - tside + 1))
-    ty0 = int(rng.integers(0, height - tside + 1))
-    tmask = shape_mask(target_shape, tside)
-    target = np.zeros((height, width), dtype=bool)
-    tsl = (slice(ty0, ty0 + tside), slice(tx0, tx0 + tside))
-    target[tsl] = tmask
-    paint(target_shape, target_colour, "target", tx0, ty0, tside, tsl, tmask)
-    area = int(tmask.sum())
-    occupied = target.copy()
-    covered = np.zeros_like(target)
+    def paint(self, shape: str, colour: str, role: str, x0: int, y0: int, side: int, sl, sub) -> None:
+        self.rgb[sl][sub] = COLOUR_RGB[colour]
+        self.labels[sl][sub] = len(self.objects)
+        self.objects.append(PlacedShape(shape, colour, role, (x0, y0, x0 + side, y0 + side)))
 
-    def pick(seq):
-        return seq[int(rng.integers(len(seq)))]
+    def pick(self, seq):
+        return seq[int(self.rng.integers(len(seq)))]
 
-    # Occluders: greedy, each must add coverage, never overshoot, never touch the keep disc.
-    goal = tier.occlusion
-    n_occluders = 0
-    if goal > 0:
-        keep = _keep_disc(target, 1.0 - goal, rng, size)
+    def place_target(self, tier: TierSpec, shape: str, colour: str) -> None:
+        width, height = self.size
+        self.lo, self.hi = tier.side_range(self.size)
+        self.tside = int(self.rng.integers(self.lo, self.hi + 1))
+        self.tx0 = int(self.rng.integers(0, width - self.tside + 1))
+        self.ty0 = int(self.rng.integers(0, height - self.tside + 1))
+        tmask = shape_mask(shape, self.tside)
+        self.target = np.zeros((height, width), dtype=bool)
+        tsl = (slice(self.ty0, self.ty0 + self.tside), slice(self.tx0, self.tx0 + self.tside))
+        self.target[tsl] = tmask
+        self.paint(shape, colour, "target", self.tx0, self.ty0, self.tside, tsl, tmask)
+        self.area = int(tmask.sum())
+        self.occupied = self.target.copy()
+        self.covered = np.zeros_like(self.target)
+
+    def place_occluders(self, tier: TierSpec, d_shapes, d_colours, tolerance: float) -> int:
+        """Greedy: each occluder must add coverage, never overshoot, never touch the keep disc."""
+        goal, area, target, covered = tier.occlusion, self.area, self.target, self.covered
+        width, height = self.size
+        n_occluders = 0
+        if goal <= 0:
+            return 0
+        keep = _keep_disc(target, 1.0 - goal, self.rng, self.size)
         scale_hi, fails = 0.85, 0
         while n_occluders < tier.n_distractors and fails < 400:
             if covered.sum() >= (goal - _AIM) * area:
                 break
-            side = max(MIN_SIDE, round(tside * rng.uniform(0.3, scale_hi)))
-            cx = tx0 + int(rng.integers(tside))
-            cy = ty0 + int(rng.integers(tside))
+            side = max(MIN_SIDE, round(self.tside * self.rng.uniform(0.3, scale_hi)))
+            cx = self.tx0 + int(self.rng.integers(self.tside))
+            cy = self.ty0 + int(self.rng.integers(self.tside))
             x0, y0 = cx - side // 2, cy - side // 2
-            shape = pick(d_shapes)
+            shape = self.pick(d_shapes)
             clipped = _clip(x0, y0, shape_mask(shape, side), width, height)
             if clipped is None:
                 fails += 1
@@ -306,46 +315,56 @@ def _try_scene(tier, target_shape, target_colour, rng, size, d_shapes, d_colours
                 scale_hi = max(0.35, scale_hi * 0.93)
                 continue
             covered[sl] |= sub & target[sl]
-            occupied[sl] |= sub
-            paint(shape, pick(d_colours), "occluder", x0, y0, side, sl, sub)
+            self.occupied[sl] |= sub
+            self.paint(shape, self.pick(d_colours), "occluder", x0, y0, side, sl, sub)
             n_occluders += 1
+        return n_occluders
 
-    # The other distractors: never touch the target; best of a few spots by least overlap.
-    for _ in range(tier.n_distractors - n_occluders):
+    def place_distractor(self, tier: TierSpec, d_shapes, d_colours) -> None:
+        """One distractor that never touches the target: the best of a few spots by least overlap."""
+        width, height = self.size
         placed = None
         for tries in range(60):
             if tier.distractor_scale is None:
-                side = int(rng.integers(lo, hi + 1))
+                side = int(self.rng.integers(self.lo, self.hi + 1))
             else:
-                side = round(tside * rng.uniform(*tier.distractor_scale))
+                side = round(self.tside * self.rng.uniform(*tier.distractor_scale))
             side = max(MIN_SIDE, min(side, width, height) - (tries // 20) * max(1, side // 4))
             side = max(MIN_SIDE, side)
-            x0 = int(rng.integers(0, width - side + 1))
-            y0 = int(rng.integers(0, height - side + 1))
-            shape = pick(d_shapes)
+            x0 = int(self.rng.integers(0, width - side + 1))
+            y0 = int(self.rng.integers(0, height - side + 1))
+            shape = self.pick(d_shapes)
             mask = shape_mask(shape, side)
             sl = (slice(y0, y0 + side), slice(x0, x0 + side))
-            if (target[sl] & mask).any():
+            if (self.target[sl] & mask).any():
                 continue
-            overlap = int((occupied[sl] & mask).sum())
+            overlap = int((self.occupied[sl] & mask).sum())
             if placed is None or overlap < placed[0]:
                 placed = (overlap, shape, side, x0, y0, sl, mask)
             if overlap == 0 or tries >= 7:
                 break
         if placed is None:  # 60 spots, shrinking, all touched the target: the canvas is full
-            raise RuntimeError(f"tier {tier.tier}: no room for a distractor on a {size} canvas")
+            raise RuntimeError(f"tier {tier.tier}: no room for a distractor on a {self.size} canvas")
         _, shape, side, x0, y0, sl, mask = placed
-        occupied[sl] |= mask
-        paint(shape, pick(d_colours), "distractor", x0, y0, side, sl, mask)
+        self.occupied[sl] |= mask
+        self.paint(shape, self.pick(d_colours), "distractor", x0, y0, side, sl, mask)
 
-    occlusion = 1.0 - float((labels == 0).sum()) / area
+
+def _try_scene(tier, target_shape, target_colour, rng, size, d_shapes, d_colours, tolerance):
+    canvas = _Canvas(size, rng)
+    canvas.place_target(tier, target_shape, target_colour)
+    n_occluders = canvas.place_occluders(tier, d_shapes, d_colours, tolerance)
+    for _ in range(tier.n_distractors - n_occluders):
+        canvas.place_distractor(tier, d_shapes, d_colours)
+    labels = canvas.labels
+    occlusion = 1.0 - float((labels == 0).sum()) / canvas.area
     visible = len(np.unique(labels[labels > 0]))
-    box = (tx0, ty0, tx0 + tside, ty0 + tside)
+    box = (canvas.tx0, canvas.ty0, canvas.tx0 + canvas.tside, canvas.ty0 + canvas.tside)
     return Scene(
-        image=Image.fromarray(rgb, "RGB"),
+        image=Image.fromarray(canvas.rgb, "RGB"),
         target_box=box,
         occlusion=occlusion,
-        n_distractors=len(objects) - 1,
+        n_distractors=len(canvas.objects) - 1,
         visible_distractors=visible,
-        objects=tuple(objects),
+        objects=tuple(canvas.objects),
     )

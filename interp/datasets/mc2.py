@@ -31,8 +31,9 @@ from typing import Any
 
 from PIL import Image
 
-from interp.datasets.case import Case, normalise_answer
+from interp.datasets.case import Case
 from interp.errors import CaseError, DatasetError
+from interp.vocabulary import normalise_answer
 
 REQUIRED_KEYS = ("image_id", "task", "question", "answer_vision", "answer_text", "context")
 IMAGE_CANDIDATE_KEYS = ("answer_img_candidate_list", "answer_vision_candidate_list",

@@ -31,17 +31,12 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from interp.datasets.case import CONTROLS, Case, generate_cases
+from interp.datasets.case import CASE_KINDS, Case
 from interp.datasets.colour import KIND_NAMES, check_arguments, check_seed, derive_seed
-from interp.datasets.drawing import COLOURS, SHAPES, Scene, TierSpec, draw_scene, resolve_size
+from interp.datasets.drawing import COLOURS, SHAPES, Scene, draw_scene, resolve_size
+from interp.datasets.generate import generate_cases
 from interp.datasets.text import SHAPE_QUESTION, SHAPE_SYNONYMS, shape_text_context
-
-SHAPE_TIERS: tuple[TierSpec, ...] = (
-    TierSpec(0, "area", (0.15, 0.25), 0, 0.0, (224, 224), (0.5, 0.9)),
-    TierSpec(1, "area", (0.08, 0.15), 3, 0.0, (224, 224), (0.5, 0.9)),
-    TierSpec(2, "area", (0.05, 0.10), 8, 0.15, (224, 224), (0.5, 0.9)),
-    TierSpec(3, "area", (0.04, 0.06), 15, 0.30, (224, 224), (0.5, 0.9)),
-)
+from interp.datasets.tiers import SHAPE_TIERS
 
 _GROUP_STREAM, _SCENE_STREAM = 10, 11
 
@@ -132,9 +127,9 @@ def shape_case(
     image_name: str | None = None,
 ) -> Case:
     """One case of ``group`` on an already drawn ``scene``."""
-    if control not in CONTROLS:
-        raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
-    rng = np.random.default_rng([case_seed, text_tier, CONTROLS.index(control)])
+    if control not in CASE_KINDS:
+        raise ValueError(f"control must be one of {CASE_KINDS}, got {control!r}")
+    rng = np.random.default_rng([case_seed, text_tier, CASE_KINDS.index(control)])
     asked = group.absent_colour if control == "image_irrelevant" else group.target_colour
     spoken = group.target_colour if control is None else group.absent_colour
     context = shape_text_context(text_tier, spoken, group.text_shape, rng, avoid=(group.image_shape,))

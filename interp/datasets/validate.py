@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from interp.datasets.case import CONTROLS, Case, normalise_answer
-from interp.datasets.colour import VISUAL_TIERS as COLOUR_VISUAL_TIERS
+from interp.datasets.case import CASE_KINDS, Case
 from interp.datasets.drawing import COLOUR_RGB, COLOURS, SHAPES
 from interp.datasets.text import COLOUR_OBJECTS, SHAPE_OBJECTS, TEXT_TIERS, words
+from interp.datasets.tiers import COLOUR_VISUAL_TIERS, SHAPE_VISUAL_TIERS
 from interp.errors import CaseError
+from interp.vocabulary import normalise_answer
 
 RULES: dict[str, str] = {
     "ids": "id and group_id are non-empty strings",
@@ -52,7 +53,7 @@ _QUESTION_FORM = {
 _VALUES = {"colour": COLOURS, "shape": SHAPES}
 _SUBJECTS = {"colour": SHAPES, "shape": COLOURS}
 _OBJECTS = {"colour": COLOUR_OBJECTS, "shape": SHAPE_OBJECTS}
-_VISUAL_TIERS = {"colour": COLOUR_VISUAL_TIERS, "shape": (0, 1, 2, 3)}
+_VISUAL_TIERS = {"colour": COLOUR_VISUAL_TIERS, "shape": SHAPE_VISUAL_TIERS}
 
 
 def _fail(case: Case, rule: str, detail: str):
@@ -138,7 +139,7 @@ def validate(case: Case, check_image: bool = True) -> Case:
             if tier is not None and not _is_int(tier):
                 _fail(case, "tiers", f"tier {tier!r} is neither None nor an integer")
 
-    if case.control not in CONTROLS:
+    if case.control not in CASE_KINDS:
         _fail(case, "control", f"control is {case.control!r}")
 
     box = case.target_box
