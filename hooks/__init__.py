@@ -15,10 +15,8 @@ class _QuietTorchvisionFallback(_logging.Filter):
 
 
 def _install_filter() -> None:
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        return
+    from transformers.utils import logging as hf_logging
+
     for handler in hf_logging._get_library_root_logger().handlers:
         if not any(isinstance(f, _QuietTorchvisionFallback) for f in handler.filters):
             handler.addFilter(_QuietTorchvisionFallback())
@@ -34,11 +32,11 @@ _EXPORTS = {
     "append_tokens": "hooks.prompts",
     "lens": "hooks.taps", "LensResult": "hooks.taps", "project": "hooks.taps",
     "tiny_model": "hooks.tiny",
-    "patch": "hooks.patching", "patching_sweep": "hooks.patching", "plot_patching": "hooks.patching",
-    "knockout": "hooks.patching", "instruction_direction": "hooks.patching", "mean_difference": "hooks.patching",
-    "steer": "hooks.patching", "steering_effect": "hooks.patching", "steering_effects": "hooks.patching",
-    "PositionMap": "hooks.patching",
-    "PatchingError": "hooks.patching",
+    "patch": "hooks.interventions", "patching_sweep": "hooks.interventions", "knockout": "hooks.interventions",
+    "instruction_direction": "hooks.interventions", "mean_difference": "hooks.interventions",
+    "steer": "hooks.interventions", "steering_effect": "hooks.interventions",
+    "steering_effects": "hooks.interventions", "PositionMap": "hooks.interventions",
+    "PatchingError": "hooks.interventions",
     "bridge_for": "hooks.tl_backend", "tl_lens": "hooks.tl_backend",
 }
 __all__ = sorted(_EXPORTS)

@@ -1,8 +1,9 @@
 """Declarative adapters: where each Hugging Face VLM class keeps what the logit lens needs.
 
 An `Adapter` is data, not code: the dotted paths of the decoder layers, final norm,
-unembedding and token embedding, whether the class soft-caps its final logits, and the extra
-inputs its forward needs. The lens of layer `l` is `unembed(norm(resid_l))`, capped with
+unembedding and token embedding, the names of a decoder layer's attention and MLP modules
+(the interventions' sites), whether the class soft-caps its final logits, and the extra inputs
+its forward needs. The lens of layer `l` is `unembed(norm(resid_l))`, capped with
 `tanh(z / c) * c` when `softcap` is set, and for the last layer it must equal the model's own
 logits (checked at load time by `hooks.loading.load_vlm`).
 
@@ -13,6 +14,7 @@ Adding an architecture
 2. Check whether the class's forward applies `final_logit_softcapping`: scale `lm_head`'s
    weights so the logits exceed the cap and compare `lm_head(norm(h))` with the model's logits.
 3. Note inputs the forward silently needs (e.g. Qwen's `mm_token_type_ids`).
+   Note a decoder layer's attention and MLP module names when they are not `self_attn` / `mlp`.
 4. `register_adapter(Adapter("MyVLMForConditionalGeneration", ...))`, or pass
    `adapter=` to `load_vlm`; then add the family to `hooks.tiny` and the test matrix.
 """
@@ -58,6 +60,11 @@ class Adapter:
         image is given (Mllama's `cross_attention_layers`).
     text_only_format: how to build a text-only prompt when the processor refuses text without
         images (PaliGemma): a format string over `{bos}` and `{text}`, tokenised directly.
+    attention: attribute name of a decoder layer's attention module, relative to the layer
+        (the `attn_out` site of `hooks.interventions` is its output[0]).
+    cross_attention: the attention module's name in decoder layers that have no `attention`
+        one (Mllama's cross-attention layers: `cross_attn`); None when every layer has it.
+    mlp: attribute name of a decoder layer's MLP module, relative to the layer (`mlp_out`).
     """
 
     model_class: str
@@ -69,6 +76,9 @@ class Adapter:
     stateful: tuple[str, ...] = ()
     text_only_format: str | None = None
     image_only_layers: str | None = None
+    attention: str = "self_attn"
+    cross_attention: str | None = None
+    mlp: str = "mlp"
     notes: str = field(default="", compare=False)
 
     def skipped_layers(self, model: Any, has_image: bool) -> frozenset[int]:
@@ -145,6 +155,7 @@ ADAPTERS: dict[str, Adapter] = {
                       "builds image tokens + BOS + prompt + newline and has no chat template"),
         Adapter("Idefics3ForConditionalGeneration", "idefics3", lm_root="model.text_model"),
         Adapter("MllamaForConditionalGeneration", "mllama", image_only_layers="cross_attention_layers",
+                cross_attention="cross_attn",
                 notes="cross-attention decoder layers are interleaved with self-attention ones"),
         Adapter("InternVLForConditionalGeneration", "internvl"),
         Adapter("Mistral3ForConditionalGeneration", "mistral3"),

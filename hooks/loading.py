@@ -19,8 +19,10 @@ import torch
 from nnsight import NNsight
 
 from hooks.adapters import Adapter, adapter_for, get_module
-from hooks.prompts import PASSES, PassBatch, PromptItem, build_passes
+from hooks.prompts import PassBatch, PromptItem, build_passes
+from hooks.taps import lens
 from interp.errors import ModalityLensError, SelfCheckError, UnsupportedModelError
+from interp.vocabulary import PASSES
 
 __all__ = ["VLM", "SelfCheckReport", "ModelSourceError", "load_vlm", "parse_dtype", "sample_items"]
 
@@ -112,8 +114,6 @@ class VLM:
 
     def lens(self, inputs: Any, **kwargs: Any):
         """`hooks.taps.lens` on this model; `inputs` is a PassBatch or a dict of tensors."""
-        from hooks.taps import lens
-
         return lens(self, inputs.inputs if isinstance(inputs, PassBatch) else inputs, **kwargs)
 
     def self_check(self) -> SelfCheckReport:
@@ -273,8 +273,6 @@ def load_vlm(
             from transformers import AutoConfig
 
             class_name = (AutoConfig.from_pretrained(text, trust_remote_code=trust_remote_code).architectures or [""])[0]
-        except UnsupportedModelError:
-            raise
         except Exception as err:
             raise ModelSourceError(
                 f"could not fetch the config of hub model {text!r} ({type(err).__name__}: {err}); check the id, the "

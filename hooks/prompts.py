@@ -30,6 +30,7 @@ from torch import Tensor
 
 from hooks.adapters import Adapter
 from interp.errors import ModalityLensError
+from interp.vocabulary import PASSES
 
 __all__ = [
     "PASSES",
@@ -43,7 +44,6 @@ __all__ = [
     "append_tokens",
 ]
 
-PASSES: tuple[str, ...] = ("vision", "text", "conflict")
 POSITION_GROUPS: tuple[str, ...] = ("image", "context", "question", "answer")
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -27,8 +27,8 @@ from torch import Tensor
 
 from interp.uncertainty import entropy
 
-if TYPE_CHECKING:
-    from hooks.loading import VLM
+VLM = Any
+"""A `hooks.loading.VLM` (taps sits below loading, which calls it, so the type is not imported)."""
 
 __all__ = ["LensResult", "lens", "project", "accepts_logits_to_keep", "check_required_inputs"]
 
@@ -69,7 +69,7 @@ class LensResult:
         return self.candidate_logits - self.logsumexp[..., None]
 
 
-def project(vlm: "VLM", resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+def project(vlm: VLM, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
     """`unembed(norm(resid))`, soft-capped as the model caps its own logits."""
     z = vlm.unembedding(vlm.norm(resid))
     cap = vlm.softcap
@@ -80,7 +80,7 @@ def accepts_logits_to_keep(model: Any) -> bool:
     return "logits_to_keep" in inspect.signature(type(model).forward).parameters
 
 
-def check_required_inputs(vlm: "VLM", inputs: Mapping[str, Any]) -> None:
+def check_required_inputs(vlm: VLM, inputs: Mapping[str, Any]) -> None:
     if "pixel_values" not in inputs:
         return
     missing = [k for k in vlm.adapter.required_inputs if k not in inputs]
@@ -90,7 +90,7 @@ def check_required_inputs(vlm: "VLM", inputs: Mapping[str, Any]) -> None:
             "silently computes other logits); build inputs with hooks.prompts / the model's processor")
 
 
-def _trace(vlm: "VLM", inputs: Mapping[str, Any], keep_logits: bool, cand: Tensor | None, top_k: int):
+def _trace(vlm: VLM, inputs: Mapping[str, Any], keep_logits: bool, cand: Tensor | None, top_k: int):
     """The nnsight trace itself; kept a plain function body (nnsight compiles it from source)."""
     kwargs = dict(inputs)
     if accepts_logits_to_keep(vlm.model):
@@ -120,7 +120,7 @@ def _trace(vlm: "VLM", inputs: Mapping[str, Any], keep_logits: bool, cand: Tenso
 
 
 def lens(
-    vlm: "VLM",
+    vlm: VLM,
     inputs: Mapping[str, Any],
     *,
     keep_logits: bool = True,
