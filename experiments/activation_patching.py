@@ -38,7 +38,7 @@ change of logit(text) - logit(vision) at the answer position is recorded. Writes
    text-irrelevant controls).
    Alpha is a fraction of the mean state norm at each layer (`SteeringDirection.relative`).
 4. `--lever MAX_NORM`: per layer, the best single vector for text-following on the fit cases
-   (`hooks.patching.optimize_direction`), applied with -v, -v/2, +v/2, +v to the default set:
+   (`hooks.interventions.optimize_direction`), applied with -v, -v/2, +v/2, +v to the default set:
    a bound on what any additive direction of that size can do there.
 """
 
@@ -55,10 +55,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from hooks.patching import DEFAULT_PLACEMENT
+from hooks.interventions import DEFAULT_PLACEMENT, INSTRUCTION_PLACEMENTS
+from modality_lens.cases import BUILTIN_N_PER_CELL, builtin_cases, case_item, case_pairs
+from modality_lens.pipeline import default_model as shipped_model
 
-REPO = Path(__file__).resolve().parent.parent
-TRAINED = REPO / "data" / "tiny_vlm"
 VISUAL_TIERS = (0, 2, 5, 7, 9, 11)
 TEXT_TIERS = (0, 1, 2)
 STEER_VISUAL_TIERS = (2, 7)
@@ -66,9 +66,11 @@ STEER_TEXT_TIERS = (0, 2)
 
 
 def default_model() -> str:
-    if TRAINED.is_dir():
-        return str(TRAINED)
-    print(f"note: {TRAINED} does not exist (the trained tiny VLM is not built yet); using the random-weight "
+    """The shipped model, else the random-weight tiny:llava (with a note saying so)."""
+    shipped = shipped_model()
+    if Path(shipped, "config.json").is_file():
+        return shipped
+    print(f"note: {shipped} does not exist (the trained tiny VLM is not built yet); using the random-weight "
           "tiny:llava, whose numbers only show that the machinery runs", flush=True)
     return "tiny:llava"
 
@@ -83,14 +85,6 @@ def conflict_cases(n: int, seed: int) -> list[Any]:
     return cases[:n]
 
 
-def prompt_item(case: Any, image: Any = None) -> Any:
-    """The case as the model sees it (question + instruction, context), with another image if given."""
-    from hooks.prompts import PromptItem
-    from interp.datasets.text import INSTRUCTION
-
-    return PromptItem(f"{case.question} {INSTRUCTION}", case.context, image if image is not None else case.open_image())
-
-
 def donors(cases: Sequence[Any]) -> list[int | None]:
     """Per case, another case whose image colour is neither its image nor its text colour."""
     out: list[int | None] = []
@@ -103,17 +97,13 @@ def donors(cases: Sequence[Any]) -> list[int | None]:
     return out
 
 
-def pairs_for(tokenizer: Any, cases: Sequence[Any], text: str = "text", vision: str = "image") -> list[Any]:
-    """Candidate pairs; `text`/`vision` name which answer (or "donor" colour) stands on each side."""
+def donor_pairs(tokenizer: Any, chosen: Sequence[tuple[Any, Any]]) -> list[Any]:
+    """Candidate pairs whose "text" side is the donor's image colour and whose "vision" side is the
+    case's own image colour (what an image swap moves between)."""
     from interp.candidates import candidate_pair
 
-    pairs = []
-    for case, donor in cases:
-        words = {"text": (case.text_answer, case.text_candidates), "image": (case.image_answer, case.image_candidates),
-                 "donor": (donor.image_answer, donor.image_candidates) if donor is not None else (None, ())}
-        (t, ts), (v, vs) = words[text], words[vision]
-        pairs.append(candidate_pair(tokenizer, t, v, tuple(ts)[1:], tuple(vs)[1:]))
-    return pairs
+    return [candidate_pair(tokenizer, donor.image_answer, case.image_answer, tuple(donor.image_candidates)[1:],
+                           tuple(case.image_candidates)[1:]) for case, donor in chosen]
 
 
 def swap_batches(vlm: Any, cases: Sequence[Any], pass_name: str = "conflict"):
@@ -122,8 +112,8 @@ def swap_batches(vlm: Any, cases: Sequence[Any], pass_name: str = "conflict"):
     if not chosen:
         raise SystemExit(f"none of the {len(cases)} cases has a donor (another case whose image colour is neither "
                          "its image nor its text colour); use more cases (--n-cases, --n-effect-cases)")
-    target = vlm.passes([prompt_item(c) for c, _ in chosen], (pass_name,))[pass_name]
-    source = vlm.passes([prompt_item(c, d.open_image()) for c, d in chosen], (pass_name,))[pass_name]
+    target = vlm.passes([case_item(c) for c, _ in chosen], (pass_name,))[pass_name]
+    source = vlm.passes([case_item(c, d.open_image()) for c, d in chosen], (pass_name,))[pass_name]
     return source, target, chosen
 
 
@@ -133,10 +123,11 @@ def run_sweep(vlm: Any, cases: Sequence[Any], site: str, out: Path) -> dict[str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hooks.patching import patching_sweep, plot_patching
+    from hooks.interventions import patching_sweep
+    from modality_lens.plots import plot_patching
 
     source, target, chosen = swap_batches(vlm, cases)
-    pairs = pairs_for(vlm.tokenizer, chosen)
+    pairs = case_pairs(vlm.tokenizer, [c for c, _ in chosen])
     sweep = patching_sweep(vlm, source, target, pairs, site=site, progress=True)
     fig, axes = plt.subplots(1, 2, figsize=(4.0 + 1.1 * len(sweep.layers), 3.2))
     plot_patching(sweep, value="effect", ax=axes[0], title="Δ logit(text) − logit(vision)")
@@ -161,12 +152,12 @@ def run_sweep(vlm: Any, cases: Sequence[Any], site: str, out: Path) -> dict[str,
 # --------------------------------------------------------------------------- effects
 def image_swap_effect(vlm: Any, cases: Sequence[Any]) -> dict[str, Any]:
     """Per layer: share of cases where patching the donor's image span raises p(donor colour)."""
-    from hooks.patching import patch
+    from hooks.interventions import patch
 
     result: dict[str, Any] = {}
     for pass_name in ("vision", "conflict"):
         source, target, chosen = swap_batches(vlm, cases, pass_name)
-        pairs = pairs_for(vlm.tokenizer, chosen, text="donor", vision="image")  # "text" side = donor colour
+        pairs = donor_pairs(vlm.tokenizer, chosen)  # "text" side = donor colour
         rows = []
         settings = [("resid_pre", 0)] + [("resid_post", l) for l in range(vlm.n_layers)]
         for site, layer in settings:
@@ -187,21 +178,19 @@ def image_swap_effect(vlm: Any, cases: Sequence[Any]) -> dict[str, Any]:
 
 def _kept(vlm: Any, items: Sequence[Any], pairs: Sequence[Any]) -> list[bool]:
     """Cases answered right in both unimodal passes (METHOD §1.1)."""
-    from hooks.patching import read_answer
+    from hooks.interventions import kept_in_both, read_answer
 
-    labels = {}
-    for name in ("vision", "text"):
-        labels[name] = read_answer(vlm, vlm.passes(items, (name,))[name], pairs).labels(pairs)
-    return [v == "vision" and t == "text" for v, t in zip(labels["vision"], labels["text"])]
+    uni = {name: read_answer(vlm, vlm.passes(items, (name,))[name], pairs) for name in ("vision", "text")}
+    return kept_in_both(uni["vision"], uni["text"], pairs)
 
 
 def knockout_effect(vlm: Any, cases: Sequence[Any]) -> dict[str, Any]:
     """TFR of the conflict pass with attention to the context blocked, against none blocked."""
-    from hooks.patching import knockout
+    from hooks.interventions import knockout
     from interp.following import tfr_vfr
 
-    items = [prompt_item(c) for c in cases]
-    pairs = pairs_for(vlm.tokenizer, [(c, None) for c in cases])
+    items = [case_item(c) for c in cases]
+    pairs = case_pairs(vlm.tokenizer, cases)
     kept = _kept(vlm, items, pairs)
     batch = vlm.passes(items, ("conflict",))["conflict"]
     out: dict[str, Any] = {"n": len(cases), "n_kept": sum(kept)}
@@ -229,12 +218,12 @@ def read_timing(vlm: Any, eval_seed: int, n_per_cell: int | None = None, batch_s
     paired bootstrap CI of its shift, and the mean logit diff. A read that a layer-l knockout
     removes happens in layer l; a steering vector added to `resid_post` of layer l (after it)
     can no longer change it, only what later layers read."""
-    from hooks.patching import knockout, read_answer
+    from hooks.interventions import knockout, read_answer
     from interp.following import tfr_shift_ci, tfr_vfr
 
     held = default_conflict_set(eval_seed, n_per_cell)
-    items = [prompt_item(c) for c in held]
-    pairs = pairs_for(vlm.tokenizer, [(c, None) for c in held])
+    items = [case_item(c) for c in held]
+    pairs = case_pairs(vlm.tokenizer, held)
     kept = _kept(vlm, items, pairs)
     mask = torch.tensor(kept)
     batches = [(vlm.passes(items[lo:lo + batch_size], ("conflict",))["conflict"], pairs[lo:lo + batch_size])
@@ -288,8 +277,6 @@ def steering_cases(seed: int) -> tuple[list[Any], list[Any], list[Any]]:
 def default_conflict_set(seed: int, n_per_cell: int | None = None) -> list[Any]:
     """The conflict cases of the main job's built-in set (`modality-lens run --seed SEED`;
     `n_per_cell` groups per tier cell, default the main job's)."""
-    from interp.pipeline import BUILTIN_N_PER_CELL, builtin_cases
-
     cases, _ = builtin_cases("colour", seed=seed, n_per_cell=n_per_cell or BUILTIN_N_PER_CELL, image_size=64)
     return [c for c in cases if c.control is None]
 
@@ -312,21 +299,22 @@ def steering_measurement(vlm: Any, fit_seed: int, eval_seed: int, alphas: Sequen
     for each layer window.
 
     kind "instruction": MC², `text_instruction` minus `image_instruction` added to the fit
-    cases at `placement` (`hooks.patching.with_instruction`). kind "relevance": the fit conflict cases minus their
-    text-irrelevant controls (same images and colours; only whether the context speaks of the
-    asked shape differs), a direction of "the text is about the question". `positions` K > 1:
-    the direction spans the last K prompt positions, each added at its own position.
+    cases at `placement` (`hooks.interventions.with_instruction`). kind "relevance": the fit
+    conflict cases minus their text-irrelevant controls (same images and colours; only whether
+    the context speaks of the asked shape differs), a direction of "the text is about the
+    question". `positions` K > 1: the direction spans the last K prompt positions, each added
+    at its own position.
     """
-    from hooks.patching import instruction_direction, mean_difference, steering_effects
+    from hooks.interventions import instruction_direction, mean_difference, steering_effects
 
     fit, fit_controls, _ = steering_cases(fit_seed)
     if kind == "instruction":
-        direction = instruction_direction(vlm, [prompt_item(c) for c in fit], text_instruction=text_instruction,
+        direction = instruction_direction(vlm, [case_item(c) for c in fit], text_instruction=text_instruction,
                                           image_instruction=image_instruction, placement=placement,
                                           positions=positions)
     else:
-        direction = mean_difference(vlm, vlm.passes([prompt_item(c) for c in fit], ("conflict",))["conflict"],
-                                    vlm.passes([prompt_item(c) for c in fit_controls], ("conflict",))["conflict"],
+        direction = mean_difference(vlm, vlm.passes([case_item(c) for c in fit], ("conflict",))["conflict"],
+                                    vlm.passes([case_item(c) for c in fit_controls], ("conflict",))["conflict"],
                                     plus_name="conflict cases", minus_name="their text-irrelevant controls",
                                     positions=positions)
     raw_norms = direction.norms
@@ -335,7 +323,7 @@ def steering_measurement(vlm: Any, fit_seed: int, eval_seed: int, alphas: Sequen
     windows = [tuple(w) for w in (windows or steering_windows(vlm.n_layers))]
     held = default_conflict_set(eval_seed, n_per_cell)
     signed = sorted({float(s * a) for a in alphas for s in (-1, 1)})
-    reports = steering_effects(vlm, [prompt_item(c) for c in held], pairs_for(vlm.tokenizer, [(c, None) for c in held]),
+    reports = steering_effects(vlm, [case_item(c) for c in held], case_pairs(vlm.tokenizer, held),
                                direction, alphas=signed, windows=windows, correct_only=correct_only,
                                batch_size=batch_size, where=where)
     unit = "x the mean state norm" if relative else "x the raw mean difference"
@@ -357,18 +345,18 @@ def lever_bound(vlm: Any, fit_seed: int, eval_seed: int, layers: Sequence[int], 
                 where: str = "answer", correct_only: bool = True, batch_size: int = 64,
                 n_per_cell: int | None = None, placement: str = DEFAULT_PLACEMENT) -> dict[str, Any]:
     """For each layer, the best single vector for text-following on the fit cases
-    (`hooks.patching.optimize_direction`: max_norm x the mean state norm, at `where`), then
+    (`hooks.interventions.optimize_direction`: max_norm x the mean state norm, at `where`), then
     TFR on the default conflict set with -v, -v/2, 0, +v/2, +v: does the model have a
     sign-consistent additive lever at that layer at all? Also the cosine of v with the MC²
     instruction direction (instructions at `placement`) of that layer."""
-    from hooks.patching import SteeringDirection, instruction_direction, optimize_direction, steering_effects
+    from hooks.interventions import SteeringDirection, instruction_direction, optimize_direction, steering_effects
 
     layers = list(dict.fromkeys(layers))
     fit, _, _ = steering_cases(fit_seed)
-    fit_items = [prompt_item(c) for c in fit]
+    fit_items = [case_item(c) for c in fit]
     mc2 = instruction_direction(vlm, fit_items, placement=placement).vectors.float()
     fit_batch = vlm.passes(fit_items, ("conflict",))["conflict"]
-    fit_pairs = pairs_for(vlm.tokenizer, [(c, None) for c in fit])
+    fit_pairs = case_pairs(vlm.tokenizer, fit)
     fits = [optimize_direction(vlm, fit_batch, fit_pairs, layer=layer, where=where, max_norm=max_norm)
             for layer in layers]
     # one direction holding each layer's v (each fit is zero at every other layer): a window of
@@ -376,7 +364,7 @@ def lever_bound(vlm: Any, fit_seed: int, eval_seed: int, layers: Sequence[int], 
     combined = SteeringDirection(sum(opt.direction.vectors for opt in fits), fits[0].direction.plus,
                                  fits[0].direction.minus, len(fit), len(fit))
     held = default_conflict_set(eval_seed, n_per_cell)
-    reports = steering_effects(vlm, [prompt_item(c) for c in held], pairs_for(vlm.tokenizer, [(c, None) for c in held]),
+    reports = steering_effects(vlm, [case_item(c) for c in held], case_pairs(vlm.tokenizer, held),
                                combined, alphas=(-1.0, -0.5, 0.5, 1.0), windows=[(layer,) for layer in layers],
                                where=where, correct_only=correct_only, batch_size=batch_size)
     out = {"max_norm": max_norm, "where": where, "n_fit": len(fit), "fit_seed": fit_seed, "eval_seed": eval_seed,
@@ -392,9 +380,7 @@ def lever_bound(vlm: Any, fit_seed: int, eval_seed: int, layers: Sequence[int], 
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from hooks.patching import INSTRUCTION_PLACEMENTS
-
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (created)")
@@ -435,6 +421,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--all-cases", action="store_true",
                         help="steering TFR over every case, not only those right in both unimodal passes")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.lever is not None and not args.effects:
         parser.error("--lever is one of the effect measurements; add --effects")
@@ -443,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "positions gets its own vector)")
 
     from hooks.loading import load_vlm
-    from hooks.patching import IMAGE_INSTRUCTION, TEXT_INSTRUCTION
+    from hooks.interventions import IMAGE_INSTRUCTION, TEXT_INSTRUCTION
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -10,7 +10,7 @@ family (`--family qwen2_5_vl --size tiny`) or device (`--device cuda`).
 
 import sys
 
-from hooks.benchmark import main
+from modality_lens.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,7 +16,8 @@ import numpy as np
 from hooks.loading import load_vlm
 from interp.curves import fit_following, robustness_split
 from interp.datasets.colour import colour_cases
-from interp.pipeline import auto_image_size, default_model, iter_rows
+from modality_lens.cases import auto_image_size
+from modality_lens.pipeline import default_model, iter_rows
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--model", default=default_model())

@@ -4,7 +4,7 @@
     python experiments/train_tiny_vlm.py --out /tmp/m --steps 200 --seed 1
     python experiments/train_tiny_vlm.py --metrics-only data/tiny_vlm
 
-The recipe, the training mix and why it is built that way are in hooks/tiny_vlm.py. The
+The recipe, the training mix and why it is built that way are in modality_lens/tiny_vlm/. The
 held-out set is the built-in colour set with another seed than anything used in training
 (training scenes are drawn from their own random stream).
 """
@@ -18,8 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-from hooks.patching import INSTRUCTION_PLACEMENTS
-from hooks.tiny_vlm import DEFAULT_DIR, INSTRUCTIONS, TinyVLMConfig, evaluate, save, train
+import torch
+
+from hooks.interventions import INSTRUCTION_PLACEMENTS
+from hooks.loading import load_vlm
+from modality_lens.tiny_vlm import DEFAULT_DIR, INSTRUCTIONS, TinyVLMConfig, evaluate, save, train
 
 
 def metrics_table(m: dict) -> str:
@@ -113,8 +116,8 @@ cases only (`python experiments/train_tiny_vlm.py --metrics-only data/tiny_vlm` 
 - Word-level vocabulary: any word outside it is `<unk>`.
 - Images other than flat-coloured shapes on white are out of distribution.
 - Text-following and vision-following here reflect the reliabilities (and any text prior) chosen
-  above; change `text_reliability` / `text_prior` of `TinyVLMConfig` in `hooks/tiny_vlm.py` and
-  retrain to move the balance point.
+  above; change `text_reliability` / `text_prior` of `TinyVLMConfig` in
+  `modality_lens/tiny_vlm/recipe.py` and retrain to move the balance point.
 - It follows an instruction only in the phrasings it was trained on ({instructions}).
 - Vision is reliable at visual tier 0 only; on tiers 5-13 its entropy is close to chance (ln 6
   = 1.79 nats), and tiers 5-6 (large distractors crowding the image) read harder than 7-8. The
@@ -124,10 +127,6 @@ cases only (`python experiments/train_tiny_vlm.py --metrics-only data/tiny_vlm` 
 
 
 def write_card(out: Path, cfg: TinyVLMConfig, log: dict, m: dict, eval_seed: int, eval_n: int) -> str:
-    import torch
-
-    from hooks.loading import load_vlm
-
     vlm = load_vlm(out, self_check=False)
     text = CARD.format(
         params=log["params"], vision_layers=cfg.vision_layers, vision_hidden=cfg.vision_hidden,
@@ -195,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=TinyVLMConfig.steps)
     parser.add_argument("--instruction-placement", choices=INSTRUCTION_PLACEMENTS,
                         default=TinyVLMConfig.instruction_placement,
-                        help="where instructed training examples carry their instruction (default: before the question)")
+                        help="where instructed training examples carry their instruction (default: after the question)")
     parser.add_argument("--text-layers", type=int, default=TinyVLMConfig.text_layers,
                         help="decoder layers of the language model")
     parser.add_argument("--text-reliability", type=float, nargs="+", default=None, metavar="P",
@@ -223,8 +222,6 @@ def main(argv: list[str] | None = None) -> int:
         record, cfg = read_record(args.write_card)
         write_card(args.write_card, cfg, record["log"], record["metrics"], args.eval_seed, args.eval_n)
         return 0
-
-    from hooks.loading import load_vlm
 
     if args.metrics_only is not None:
         trained = (read_record(args.metrics_only)[1] if (args.metrics_only / "training.json").exists()

@@ -13,9 +13,7 @@ _EXPORTS = {
     "summarise_oscillations": "interp.oscillation",
     "candidate_pair": "interp.candidates", "trajectory_from_logits": "interp.logit_lens",
     "trajectories": "interp.logit_lens",
-    "run": "interp.pipeline", "iter_rows": "interp.pipeline", "process_batch": "interp.pipeline",
-    "default_model": "interp.pipeline",
-    "RunDir": "interp.records", "summarise": "interp.summary",
+    "summarise": "interp.summary",
     "CaseError": "interp.errors", "ModalityLensError": "interp.errors",
 }
 __all__ = sorted(_EXPORTS) + ["__version__"]

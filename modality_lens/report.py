@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from interp.errors import RunDirError
-from interp.plots import FIGURES, RunData, draw_all
-from interp.records import RunDir, _atomic_write_bytes
+from modality_lens.finalize import finalize
+from modality_lens.plots import FIGURES, RunData, draw_all
+from modality_lens.atomic import atomic_write_bytes
+from modality_lens.rundir import RunDir
 
 __all__ = ["format_summary", "report_main", "write_report"]
 
@@ -190,7 +192,7 @@ def write_report(run_dir: RunDir | str | Path) -> Path:
         f"<code>{html.escape(str(run.path))}</code>.</p>",
         "</body></html>",
     ]
-    _atomic_write_bytes(run.report_path, ("\n".join(parts) + "\n").encode("utf-8"))
+    atomic_write_bytes(run.report_path, ("\n".join(parts) + "\n").encode("utf-8"))
     return run.report_path
 
 
@@ -207,7 +209,7 @@ def report_main(run_dir: str) -> int:
     if not run.path.is_dir():
         raise RunDirError(f"{run_dir}: no such run directory; pass the --out folder of a `modality-lens run`")
     run.read_run_info()
-    summary = run.read_summary() if run.is_finalized() else run.finalize()
+    summary = run.read_summary() if run.is_finalized() else finalize(run)
     draw_all(run)
     path = write_report(run)
     print(format_summary(summary))

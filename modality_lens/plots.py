@@ -1,6 +1,6 @@
 """Every figure of a run, drawn from the run directory alone (nothing is recomputed from a model).
 
-Each ``plot_*`` function takes a run (a :class:`~interp.records.RunDir`, its path, or a
+Each ``plot_*`` function takes a run (a :class:`~modality_lens.rundir.RunDir`, its path, or a
 :class:`RunData` already loaded) and an output path, writes one PNG and returns its path.
 :func:`draw_all` writes them all to ``RUN/figures/``. Figures are drawn on
 ``matplotlib.figure.Figure`` objects with the Agg canvas: no pyplot, no global backend switch,
@@ -19,7 +19,7 @@ import dataclasses
 import math
 import textwrap
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -34,14 +34,19 @@ from matplotlib.figure import Figure
 from scipy.special import expit
 
 from interp.curves import isotonic_decreasing
-from interp.records import LAYER_SCHEMA, RunDir
 from interp.summary import summarise, with_regions
+from modality_lens.rows import LAYER_SCHEMA
+from modality_lens.rundir import RunDir
+
+if TYPE_CHECKING:
+    from hooks.interventions import PatchingSweep
 
 __all__ = [
     "FIGURES",
     "RunData",
     "draw_all",
     "logit_diff_grid",
+    "plot_patching",
     "plot_entropy_tiers",
     "plot_following_curve",
     "plot_logit_diff_heatmap",
@@ -429,3 +434,41 @@ def draw_all(run_dir: "RunDir | str | Path") -> list[Path]:
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     data = RunData.load(run)
     return [fn(data, run.figures_dir / f"{name}.png") for name, fn, _ in FIGURES]
+
+
+# --------------------------------------------------------------------------- activation patching
+def plot_patching(sweep: "PatchingSweep", *, value: str = "effect", ax: Any = None, title: str | None = None,
+                  annotate: bool = True) -> Any:
+    """Heatmap of the mean over cases (group rows x layer columns); returns the figure.
+
+    `value`: "effect" (change of logit(text) - logit(vision)), "recovered" (share of the
+    source-target gap) or "logit_diff" (the patched value). Colours are centred on 0.
+    Without `ax` it opens a pyplot figure (the run figures above use no pyplot); the caller
+    closes it.
+    """
+    import matplotlib.pyplot as plt
+
+    data = sweep.mean(value).detach().cpu().numpy()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(1.1 + 0.55 * len(sweep.layers), 0.9 + 0.5 * len(sweep.groups)))
+    else:
+        fig = ax.figure
+    finite = np.abs(data[np.isfinite(data)])
+    lim = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    im = ax.imshow(data, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(len(sweep.layers)), [str(l) for l in sweep.layers])
+    ax.set_yticks(range(len(sweep.groups)), list(sweep.groups))
+    ax.set_xlabel(f"decoder layer ({sweep.site})")
+    ax.set_ylabel("patched positions")
+    labels = {"effect": "Δ logit(text) − logit(vision)", "recovered": "share of source−target gap",
+              "logit_diff": "patched logit(text) − logit(vision)"}
+    fig.colorbar(im, ax=ax, label=labels[value])
+    if annotate and data.size <= 400:
+        for i in range(data.shape[0]):
+            for j in range(data.shape[1]):
+                if np.isfinite(data[i, j]):
+                    ax.text(j, i, f"{data[i, j]:.2g}", ha="center", va="center", fontsize=7,
+                            color="white" if abs(data[i, j]) > 0.6 * lim else "black")
+    ax.set_title(title or f"activation patching, n = {sweep.effect.shape[0]} cases")
+    fig.tight_layout()
+    return fig

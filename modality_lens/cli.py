@@ -1,10 +1,15 @@
-"""The `modality-lens` command line: run | dataset | report | check | bench."""
+"""The `modality-lens` command line: run | dataset | report | check | bench.
+
+Each command imports what it runs when it runs, so `modality-lens dataset` and `modality-lens
+report` never load torch or transformers.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from interp.datasets.cli import register as register_dataset
 from interp.errors import ModalityLensError
 
 
@@ -36,8 +41,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from interp.pipeline import run
-    from interp.report import format_summary
+    from modality_lens.pipeline import run
+    from modality_lens.report import format_summary
 
     run_dir = run(model=args.model, dataset=args.dataset, out=args.out, batch_size=args.batch_size,
                   device=args.device, dtype=args.dtype, limit=args.limit, seed=args.seed, resume=args.resume,
@@ -48,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from interp.report import report_main
+    from modality_lens.report import report_main
 
     return report_main(args.run_dir)
 
@@ -63,9 +68,9 @@ def _image_size(text: str) -> int | str | None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from hooks.benchmark import run_from_args
+    from modality_lens.bench import main as bench_main
 
-    return run_from_args(args)
+    return bench_main(args.bench_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,26 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("source", help="a model directory, a hub id (org/name), or tiny:FAMILY (e.g. tiny:llava)")
     _add_model_options(check)
     check.set_defaults(func=_check)
-    bench = sub.add_parser("bench", help="time and memory of the per-layer lens vs a plain forward (mid LLaVA)")
-    bench.add_argument("--family", default="llava")
-    bench.add_argument("--size", default="mid", choices=["tiny", "mid"])
-    bench.add_argument("--batch-size", type=int, default=4)
-    bench.add_argument("--repeats", type=int, default=5)
-    bench.add_argument("--no-transformer-lens", action="store_true", help="skip the TransformerBridge method")
-    bench.add_argument("--device", default=None)
+    # the benchmark parses its own options (modality_lens.bench.main); `bench --help` lists them
+    bench = sub.add_parser("bench", help="time and memory of the per-layer lens vs a plain forward (mid LLaVA)",
+                           add_help=False)
     bench.set_defaults(func=_bench)
-    try:
-        from interp.datasets.cli import register as register_dataset
-    except ImportError:  # the datasets package is optional until it lands
-        register_dataset = None
-    if register_dataset is not None:
-        register_dataset(sub)
+    register_dataset(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return int(args.func(args) or 0)
     except ModalityLensError as err:

@@ -6,9 +6,12 @@ Layout of a run directory::
     cases/part-000000.parquet    one chunk of case rows      } written by append(),
     layers/part-000000.parquet   the same chunk's layer rows } one chunk per call
     cases.parquet         consolidated case rows, with ``region``        } written by
-    layers.parquet        consolidated layer rows                        } finalize()
-    summary.json          :func:`interp.summary.summarise` of the cases  }
-    figures/*.png, report.html   drawn by interp.plots / interp.report
+    layers.parquet        consolidated layer rows                        } write_final(),
+    summary.json          :func:`interp.summary.summarise` of the cases  } from finalize()
+    figures/*.png, report.html   drawn by modality_lens.plots / modality_lens.report
+
+The row types and their schemas are `modality_lens.rows`; the summary is computed by
+`modality_lens.finalize.finalize`, which hands the final tables to :meth:`RunDir.write_final`.
 
 **Atomic chunks.** :meth:`RunDir.append` writes each file to a hidden temporary name in the
 same folder, flushes it to disk, and renames it into place with ``os.replace`` (atomic on
@@ -34,15 +37,10 @@ Only one process may write a run directory: :meth:`RunDir.create` takes an exclu
 
 from __future__ import annotations
 
-import datetime
 import fcntl
-import hashlib
-import importlib.metadata
 import json
 import os
-import platform
 import re
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,118 +49,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-import interp
+from interp import __version__
 from interp.errors import RunDirError
+from interp.vocabulary import LABELS, LAYER_CLASSES, PASSES
+from modality_lens.atomic import atomic_write_bytes, atomic_write_table, json_text
+from modality_lens.provenance import git_commit, library_versions, now
+from modality_lens.rows import CASE_SCHEMA, LAYER_SCHEMA
 
-__all__ = [
-    "CASE_SCHEMA",
-    "IDENTITY",
-    "LAYER_SCHEMA",
-    "RunDir",
-    "weights_hash",
-]
-
-CASE_SCHEMA = pa.schema(
-    [
-        pa.field("case_id", pa.string(), nullable=False),
-        pa.field("group_id", pa.string()),
-        pa.field("visual_tier", pa.int64()),
-        pa.field("text_tier", pa.int64()),
-        pa.field("control", pa.string()),
-        pa.field("image_answer", pa.string()),
-        pa.field("text_answer", pa.string()),
-        pa.field("y_v", pa.string()),
-        pa.field("y_t", pa.string()),
-        pa.field("y_m", pa.string()),
-        pa.field("vision_correct", pa.bool_()),
-        pa.field("text_correct", pa.bool_()),
-        pa.field("h_v", pa.float64()),
-        pa.field("h_t", pa.float64()),
-        pa.field("dh_rel", pa.float64()),
-        pa.field("label", pa.string()),
-        pa.field("kept", pa.bool_()),
-        pa.field("drop_reason", pa.string()),
-        pa.field("oscillations", pa.int64()),
-    ]
-)
-"""Columns of every appended case row (one row per case). ``h_v``/``h_t`` in nats; ``label`` in
-{"text", "vision", "other"}; ``control`` None for a conflict case, else "text_irrelevant" /
-"image_irrelevant"; ``kept``: the case passed the correct-in-both filter; ``drop_reason`` None
-for a kept case, else one of ``interp.following.DROP_REASONS`` or "control" (the summary reads
-``kept`` only for conflict cases: controls enter the controls' summary whatever the filter
-said); ``oscillations``: switches along the conflict pass (embedding output excluded), None
-when not computed. ``region`` is *not* appended: it depends on the balance point of the whole
-run and is added by :meth:`RunDir.finalize`. Extra columns are allowed (e.g. other
-uncertainty indices) and kept as given."""
-
-FINAL_CASE_SCHEMA = CASE_SCHEMA.append(pa.field("region", pa.string()))
-"""Columns of the consolidated cases.parquet: :data:`CASE_SCHEMA` plus ``region``
-("ambiguous" / "clear", None outside the oscillation analysis or without a balance point)."""
-
-LAYER_SCHEMA = pa.schema(
-    [
-        pa.field("case_id", pa.string(), nullable=False),
-        pa.field("pass", pa.string(), nullable=False),
-        pa.field("layer", pa.int64(), nullable=False),
-        pa.field("class", pa.string()),
-        pa.field("top1", pa.int64()),
-        pa.field("p_text", pa.float64()),
-        pa.field("p_vision", pa.float64()),
-        pa.field("logit_diff", pa.float64()),
-        pa.field("entropy", pa.float64()),
-    ]
-)
-"""Columns of every layer row (one row per case x pass x lens layer). ``pass`` in {"vision",
-"text", "conflict"}; ``layer`` 0 is the embedding output, 1.. the decoder layers (as
-``interp.logit_lens.Trajectory.to_rows``); ``class`` in {"text", "vision", "irrelevant"};
-``logit_diff`` = logit(text answer) - logit(image answer); ``entropy`` in nats."""
-
-LABELS = ("text", "vision", "other")
-PASSES = ("vision", "text", "conflict")
-LAYER_CLASSES = ("text", "vision", "irrelevant")
+__all__ = ["IDENTITY", "RunDir"]
 
 IDENTITY: tuple[str, ...] = ("model", "dataset.hash", "seed", "arguments.dtype", "arguments.limit")
 """Fields of run.json that must be equal for a resume **[ours]**. ``model`` compares
 ``model.weights_hash`` when either run recorded one, else ``model.source``."""
 
 _PART = re.compile(r"^part-(\d{6})\.parquet$")
-_LIBRARIES = ("torch", "transformers", "nnsight", "transformer-lens", "numpy", "scipy", "pyarrow",
-              "matplotlib", "pillow")
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _atomic_write_table(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _json_text(obj: Any) -> str:
-    return json.dumps(obj, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
 
 
 def _unserialisable(value: Any) -> Any:
@@ -176,54 +76,6 @@ def _dig(info: Mapping[str, Any], dotted: str) -> Any:
             return None
         value = value.get(key)
     return value
-
-
-def _git_commit() -> dict[str, Any] | None:
-    """Commit and dirty flag of the toolkit's own checkout, or None (installed from a wheel, no git)."""
-    root = Path(interp.__file__).resolve().parent.parent
-    if not (root / ".git").exists():
-        return None
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {"commit": commit, "dirty": bool(dirty)}
-
-
-def _library_versions() -> dict[str, str | None]:
-    """Installed versions, read from package metadata: nothing is imported."""
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _LIBRARIES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def weights_hash(model_dir: str | os.PathLike[str]) -> str:
-    """``"sha256:<hex>"`` over the weight files of a model directory, for run.json's ``model.weights_hash``.
-
-    Hashes, in name order, each ``*.safetensors`` (else ``*.bin``) file's name and bytes, so a
-    renamed or moved directory keeps its hash and any changed weight changes it.
-
-    Raises:
-        RunDirError: the directory holds no weight file.
-    """
-    folder = Path(model_dir)
-    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
-    if not files:
-        raise RunDirError(f"{folder}: no *.safetensors or *.bin weight file to hash")
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + b"\n")
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return "sha256:" + digest.hexdigest()
 
 
 def _table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema, what: str) -> pa.Table:
@@ -268,7 +120,7 @@ class RunDir:
         todo = [c for c in cases if c.id not in run.done_case_ids()]
         for batch in batches(todo):
             run.append(case_rows, layer_rows)         # one atomic chunk
-        summary = run.finalize(n_boot=1000)          # cases.parquet, layers.parquet, summary.json
+        summary = finalize(run, n_boot=1000)         # modality_lens.finalize: the final tables, summary.json
         run.close()
     """
 
@@ -284,12 +136,12 @@ class RunDir:
 
     @property
     def cases_path(self) -> Path:
-        """The consolidated cases.parquet (written by :meth:`finalize`)."""
+        """The consolidated cases.parquet (written by :meth:`write_final`)."""
         return self.path / "cases.parquet"
 
     @property
     def layers_path(self) -> Path:
-        """The consolidated layers.parquet (written by :meth:`finalize`)."""
+        """The consolidated layers.parquet (written by :meth:`write_final`)."""
         return self.path / "layers.parquet"
 
     @property
@@ -379,12 +231,12 @@ class RunDir:
         else:
             info = {
                 **{k: v for k, v in run_info.items()},
-                "toolkit": {"version": interp.__version__, "git": _git_commit()},
-                "libraries": _library_versions(),
-                "created": _now(),
+                "toolkit": {"version": __version__, "git": git_commit()},
+                "libraries": library_versions(),
+                "created": now(),
                 "resumes": [],
             }
-            _atomic_write_bytes(self.run_json, _json_text(info).encode())
+            atomic_write_bytes(self.run_json, json_text(info).encode())
         (self.path / "cases").mkdir(exist_ok=True)
         (self.path / "layers").mkdir(exist_ok=True)
         self._done = None
@@ -402,10 +254,10 @@ class RunDir:
             )
         self._remove_debris()
         info.setdefault("resumes", []).append(
-            {"at": _now(), "arguments": run_info.get("arguments"), "device": run_info.get("device"),
-             "toolkit": {"version": interp.__version__, "git": _git_commit()}}
+            {"at": now(), "arguments": run_info.get("arguments"), "device": run_info.get("device"),
+             "toolkit": {"version": __version__, "git": git_commit()}}
         )
-        _atomic_write_bytes(self.run_json, _json_text(info).encode())
+        atomic_write_bytes(self.run_json, json_text(info).encode())
         return info
 
     @staticmethod
@@ -521,7 +373,7 @@ class RunDir:
                 raise ValueError("layer rows without case rows: a chunk is a set of cases and their layers")
             return None
         if any(r.get("region") is not None for r in cases_rows):
-            raise ValueError("region is computed by finalize() from the run's balance point; do not append it")
+            raise ValueError("region is computed when the run is finalized, from its balance point; do not append it")
         cases = _table([{k: v for k, v in r.items() if k != "region"} for r in cases_rows], CASE_SCHEMA, "case")
         layers = _table(layer_rows, LAYER_SCHEMA, "layer") if layer_rows else LAYER_SCHEMA.empty_table()
         _check_values(cases.column("label").combine_chunks(), LABELS, "label")
@@ -541,8 +393,8 @@ class RunDir:
         numbers = [int(_PART.match(p.name).group(1)) for k in ("cases", "layers") for p in self._parts(k)]
         number = max(numbers, default=-1) + 1
         name = f"part-{number:06d}.parquet"
-        _atomic_write_table(self.path / "layers" / name, layers)
-        _atomic_write_table(self.path / "cases" / name, cases)  # the commit point
+        atomic_write_table(self.path / "layers" / name, layers)
+        atomic_write_table(self.path / "cases" / name, cases)  # the commit point
         assert self._done is not None
         self._done.update(ids)
         return number
@@ -594,27 +446,18 @@ class RunDir:
         n = len(self.done_case_ids())
         return summary.get("n_cases") == n and pq.read_metadata(self.cases_path).num_rows == n
 
-    def finalize(self, *, n_boot: int = 1000, region_width: float | None = None) -> dict[str, Any]:
-        """Write layers.parquet, cases.parquet (with ``region``) and summary.json; return the summary.
+    def write_final(self, cases: pa.Table, layers: pa.Table, summary: Mapping[str, Any]) -> None:
+        """Write the consolidated layers.parquet, cases.parquet and summary.json, each atomically,
+        summary.json last (so :meth:`is_finalized` is true only once all three are in place).
 
-        The summary is :func:`interp.summary.summarise` of the committed case rows with the
-        seed of run.json, so it depends on the set of cases only, not on how the run was
-        interrupted. Each file is written atomically; summary.json last.
+        `modality_lens.finalize.finalize` computes them from the committed chunks.
         """
-        from interp.summary import AMBIGUOUS_WIDTH, summarise, with_regions
-
-        width = AMBIGUOUS_WIDTH if region_width is None else region_width
-        seed = self.read_run_info().get("seed") or 0
-        cases = self.read_cases()
-        layers = self.read_layers()
-        summary = summarise(cases, seed=int(seed), n_boot=n_boot, region_width=width)
-        _atomic_write_table(self.layers_path, layers)
-        _atomic_write_table(self.cases_path, with_regions(cases, summary))
-        _atomic_write_bytes(self.summary_path, _json_text(summary).encode())
-        return summary
+        atomic_write_table(self.layers_path, layers)
+        atomic_write_table(self.cases_path, cases)
+        atomic_write_bytes(self.summary_path, json_text(summary).encode())
 
     def read_summary(self) -> dict[str, Any]:
-        """summary.json (RunDirError when missing: run :meth:`finalize` first)."""
+        """summary.json (RunDirError when missing: finalize the run first)."""
         try:
             return json.loads(self.summary_path.read_text())
         except FileNotFoundError:

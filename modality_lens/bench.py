@@ -19,16 +19,23 @@ memory before the call. Both are reported as ratios to ``plain``.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-__all__ = ["run_benchmark", "main"]
+from hooks.loading import load_vlm, sample_items
+from hooks.prompts import PromptItem
+from hooks.taps import project
+from hooks.tiny import tiny_model
+
+__all__ = ["run_benchmark", "main", "peak_memory"]
 
 _PROC = Path("/proc/self")
 
@@ -93,8 +100,6 @@ def _sync(device: torch.device) -> None:
 
 
 def _methods(vlm: Any, inputs: dict[str, Any], with_tl: bool) -> dict[str, Callable[[], Any]]:
-    from hooks.taps import project
-
     model = vlm.model
 
     def plain():
@@ -127,10 +132,6 @@ def _methods(vlm: Any, inputs: dict[str, Any], with_tl: bool) -> dict[str, Calla
 def run_benchmark(*, family: str = "llava", size: str = "mid", batch_size: int = 4, repeats: int = 5,
                   with_tl: bool = True, device: str | None = None, verbose: bool = True) -> dict[str, Any]:
     """Time and memory of every method on one batch; returns the ratios and the raw numbers."""
-    from hooks.loading import load_vlm, sample_items
-    from hooks.prompts import PromptItem
-    from hooks.tiny import tiny_model
-
     vlm = load_vlm(tiny_model(family, size=size), device=device)
     base = sample_items()
     contexts = ["The square is blue .", "The square is green and small .",
@@ -183,16 +184,30 @@ def run_benchmark(*, family: str = "llava", size: str = "mid", batch_size: int =
     return result
 
 
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modality-lens bench",
+        description="Time and memory of the per-layer lens against a plain forward, hidden states and "
+                    "TransformerLens, in one process; the last line prints the ratios as JSON.")
+    parser.add_argument("--family", default="llava")
+    parser.add_argument("--size", default="mid", choices=["tiny", "mid"])
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-transformer-lens", action="store_true", help="skip the TransformerBridge method")
+    parser.add_argument("--device", default=None)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`modality-lens bench` with these arguments."""
-    from interp.cli import main as cli_main
-
-    return cli_main(["bench", *(argv if argv is not None else __import__("sys").argv[1:])])
-
-
-def run_from_args(args: Any) -> int:
+    """`modality-lens bench`, `python -m modality_lens.bench`, experiments/benchmark_lens.py: the table,
+    then the JSON ratios to the plain forward as the last line."""
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     result = run_benchmark(family=args.family, size=args.size, batch_size=args.batch_size, repeats=args.repeats,
                            with_tl=not args.no_transformer_lens, device=args.device)
     round3 = lambda d: {k: None if v is None else round(v, 3) for k, v in d.items()}  # noqa: E731
     print(json.dumps({"time_ratio": round3(result["time_ratio"]), "memory_ratio": round3(result["memory_ratio"])}))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

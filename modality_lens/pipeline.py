@@ -1,0 +1,163 @@
+"""Cases -> the three passes -> per-layer trajectories, uncertainties and labels -> rows -> a run.
+
+`process_batch(vlm, cases)` runs the vision-only, text-only and conflict passes of a batch of
+cases (one lens trace each) and returns one `CaseRow` per case and one `LayerRow` per case x
+layer x pass (`modality_lens.rows`); `iter_rows` does it batch by batch over a whole case list;
+`run` is the main job: cases -> rows -> run directory (`modality_lens.rundir`) -> summary
+(`modality_lens.finalize`) -> figures and report.
+
+Answers **[ours]**: a pass's answer is read from the top-1 token at the answer position (after
+any teacher-forced common prefix of the two answers, see `interp.candidates`): a text-answer
+id gives the text answer, a vision-answer id the image answer, anything else "other" (the
+decoded token). This is the same rule the logit lens applies at every layer, so the last
+layer's class is the model's answer. `H_v` / `H_t` are the full-vocabulary entropies (nats) of
+the vision-only / text-only pass at that position.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from tqdm import tqdm
+
+from hooks.loading import VLM, load_vlm
+from hooks.prompts import PassBatch, append_tokens
+from interp.candidates import CandidatePair
+from interp.following import correct_in_both
+from interp.logit_lens import Trajectory, trajectories
+from interp.vocabulary import PASSES
+from modality_lens.cases import BUILTIN_N_PER_CELL, auto_image_size, case_item, case_pairs, load_cases
+from modality_lens.finalize import finalize
+from modality_lens.plots import draw_all
+from modality_lens.report import write_report
+from modality_lens.rows import CaseRow, LayerRow, case_row, layer_rows
+from modality_lens.provenance import weights_hash
+from modality_lens.rundir import RunDir
+
+__all__ = ["run", "process_batch", "iter_rows", "default_model"]
+
+
+def _answer(traj: Trajectory, pair: CandidatePair, tokenizer: Any) -> tuple[str, str]:
+    """(answer word, class) from the last layer of a trajectory."""
+    cls = traj.classes[-1]
+    if cls == "text":
+        return pair.text.answer, cls
+    if cls == "vision":
+        return pair.vision.answer, cls
+    return tokenizer.decode([int(traj.top1[-1])]).strip(), "other"
+
+
+def _run_pass(vlm: VLM, batch: PassBatch, pairs: Sequence[CandidatePair]) -> list[Trajectory]:
+    if any(p.prefix for p in pairs):
+        batch = append_tokens(batch, [p.prefix for p in pairs])
+    ids = sorted({t for p in pairs for t in p.ids})
+    result = vlm.lens(batch, keep_logits=False, candidate_ids=ids, top_k=1)
+    return trajectories(pairs, result)
+
+
+def process_batch(vlm: VLM, cases: Sequence[Any]) -> tuple[list[CaseRow], list[LayerRow]]:
+    """The three passes of `cases` (one batch each) -> (case rows, layer rows)."""
+    tok = vlm.tokenizer
+    pairs = case_pairs(tok, cases)
+    batches = vlm.passes([case_item(c) for c in cases], PASSES)
+    trajs = {name: _run_pass(vlm, batches[name], pairs) for name in PASSES}
+    answers = {name: [_answer(t, p, tok) for t, p in zip(trajs[name], pairs)] for name in PASSES}
+    filtered = correct_in_both([a for a, _ in answers["vision"]], [a for a, _ in answers["text"]],
+                               [c.image_candidates for c in cases], [c.text_candidates for c in cases])
+    case_rows, rows_of_layers = [], []
+    for b, (case, pair) in enumerate(zip(cases, pairs)):
+        mine = {name: trajs[name][b] for name in PASSES}
+        case_rows.append(case_row(case, pair, mine, {name: answers[name][b] for name in PASSES},
+                                  filtered.reasons[b]))
+        for name in PASSES:
+            rows_of_layers += layer_rows(case.id, name, mine[name])
+    return case_rows, rows_of_layers
+
+
+def iter_rows(vlm: VLM, cases: Iterable[Any], *, batch_size: int = 16, progress: bool = True,
+              total: int | None = None) -> Iterator[tuple[list[CaseRow], list[LayerRow]]]:
+    """`process_batch` over `cases` in batches, with a progress bar; yields each batch's rows."""
+    cases = list(cases)
+    bar = tqdm(total=total or len(cases), desc="cases", unit="case", disable=not progress, mininterval=1)
+    try:
+        for start in range(0, len(cases), batch_size):
+            chunk = cases[start:start + batch_size]
+            yield process_batch(vlm, chunk)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+
+
+def default_model() -> str:
+    """The shipped small trained VLM: data/tiny_vlm of a checkout, else the installed copy."""
+    checkout = Path(__file__).resolve().parent.parent / "data" / "tiny_vlm"
+    if (checkout / "config.json").is_file():
+        return str(checkout)
+    try:
+        from importlib.resources import files
+
+        installed = files("modality_lens_data") / "tiny_vlm"
+        if installed.joinpath("config.json").is_file():
+            return str(installed)
+    except (ModuleNotFoundError, NotADirectoryError, OSError):
+        pass
+    return str(checkout)
+
+
+def run(
+    *,
+    model: str | None = None,
+    dataset: str | None = None,
+    out: str | None = None,
+    batch_size: int = 16,
+    device: str | None = None,
+    dtype: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    n_per_cell: int = BUILTIN_N_PER_CELL,
+    image_size: int | str | None = "auto",
+    n_boot: int = 1000,
+    progress: bool = True,
+    figures: bool = True,
+) -> RunDir:
+    """The main job: cases -> three passes -> run directory with records, summary, figures, report.
+
+    Returns the `modality_lens.rundir.RunDir`. Every case's candidate tokens are checked before
+    anything is written, so a case the model cannot answer stops the run up front; a killed
+    run continues with `resume=True` (same model, dataset, seed, dtype and limit).
+    """
+    source = model or default_model()
+    vlm = load_vlm(source, device=device, dtype=dtype)
+    size = auto_image_size(vlm.processor) if image_size == "auto" else image_size
+    cases, data_info = load_cases(dataset, seed=seed, n_per_cell=n_per_cell, image_size=size)
+    if limit is not None:
+        cases = cases[: int(limit)]
+    case_pairs(vlm.tokenizer, cases)  # refuse untokenisable or identical answers before writing anything
+    local = Path(source).is_dir()
+    run_dir = RunDir(out or Path("runs") / f"run-seed{seed}")
+    run_dir.create({
+        "model": {"source": str(Path(source).resolve()) if local else source,
+                  "weights_hash": weights_hash(source) if local else None,
+                  "class": vlm.adapter.model_class, "n_layers": vlm.n_layers,
+                  "self_check": str(vlm.self_check_report)},
+        "dataset": data_info,
+        "seed": seed,
+        "arguments": {"dtype": str(vlm.dtype).removeprefix("torch."), "limit": limit, "batch_size": batch_size,
+                      "n_per_cell": n_per_cell, "image_size": size, "n_boot": n_boot},
+        "device": str(vlm.device),
+    }, resume=resume)
+    try:
+        done = run_dir.done_case_ids()
+        todo = [c for c in cases if c.id not in done]
+        for case_rows, rows_of_layers in iter_rows(vlm, todo, batch_size=batch_size, progress=progress,
+                                                   total=len(todo)):
+            run_dir.append(case_rows, rows_of_layers)
+        finalize(run_dir, n_boot=n_boot)
+        if figures:
+            draw_all(run_dir)
+            write_report(run_dir)
+    finally:
+        run_dir.close()
+    return run_dir

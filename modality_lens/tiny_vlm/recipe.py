@@ -1,0 +1,139 @@
+"""The recipe of the small trained VLM: its configuration, tokenizer, processor and model.
+
+A real `LlavaForConditionalGeneration` (CLIP vision tower, projector, Llama-style language
+model: a `Qwen2` one, whose first decoder layer attends only to the last `local_window` = 8
+tokens and the others to everything) with a word-level tokenizer over the colour set's
+vocabulary (`interp.datasets.text.vocabulary`).
+
+Architecture **[ours, measured]** (docs/interventions.md): with full attention in every layer,
+the answer position reads the context's colour word in layer 0 with a query that comes from
+its own token, the same in every prompt, and no steering vector added to the residual stream
+can reach that read. With a local first layer (`local_layers=1`, window 8) the answer
+position's first layer sees the end of the prompt only: the template and, when there is one,
+the instruction after the question, but not the context or the image. Its first-layer state
+then carries the instruction and nothing of the content, and the later layers read both
+modalities with queries made from it: that is where an MC² direction (the mean difference of
+that state under the two instructions) acts, and it moves TFR both ways. `local_layers=0`
+builds the full-attention `Llama` model of the earlier checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers as T
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+from hooks.interventions import DEFAULT_PLACEMENT
+from hooks.tiny import chat_template
+from interp.datasets.text import vocabulary
+
+__all__ = ["TinyVLMConfig", "DEFAULT_DIR", "TEXT_RELIABILITY", "EXTRA_WORDS", "INSTRUCTIONS", "SPECIALS",
+           "build_tokenizer", "build_processor", "build_model"]
+
+DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "data" / "tiny_vlm"
+
+TEXT_RELIABILITY: tuple[float, ...] = (0.99, 0.93, 0.85, 0.7)
+"""P(the context states the true colour) per text tier, in training **[ours]**."""
+
+# words a researcher's prompts around the colour task may use (steering instructions, etc.)
+EXTRA_WORDS = ("user", "assistant", "from", "text", "image", "follow", "ignore", "trust", "only", "look", "at",
+               "read", "not", "colour", "color", "answer", "the", "based")
+INSTRUCTIONS: tuple[str, ...] = ("use the {m} to answer .", "answer from the {m} .", "trust only the {m} .")
+"""Instruction templates of the instructed examples; `{m}` is "text" or "image". The first is
+`hooks.interventions.TEXT_INSTRUCTION` / `IMAGE_INSTRUCTION`."""
+SPECIALS = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "<image>": 4}
+
+
+@dataclass
+class TinyVLMConfig:
+    """Everything that defines a training run (written to the model card)."""
+
+    seed: int = 0
+    image_size: int = 64
+    patch_size: int = 8
+    vision_hidden: int = 64
+    vision_layers: int = 3
+    vision_heads: int = 4
+    text_hidden: int = 128
+    text_layers: int = 4
+    text_heads: int = 4
+    text_intermediate: int = 384
+    steps: int = 2500
+    batch_size: int = 48
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    n_scenes: int = 12000
+    same_colour_share: float = 0.8
+    text_reliability: tuple[float, ...] = TEXT_RELIABILITY
+    text_irrelevant_share: float = 0.1
+    mix: tuple[float, float, float] = (0.5, 0.2, 0.3)  # vision-only, text-only, both (of the uninstructed)
+    instructed_share: float = 0.1  # of all examples: image + context + an instruction naming the modality
+    instructed_conflict: float = 0.5  # P(the context of an instructed example states a wrong colour)
+    instruction_placement: str = DEFAULT_PLACEMENT  # "end" (after the question), "question" (before it), "start"
+    conflict_share: float = 0.0  # of all examples: image + a relevant context stating a wrong colour, no instruction
+    text_prior: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)  # per text tier: P(a conflict example's label is the text's)
+    text_distractor_share: float = 0.0  # of all contexts: one more statement giving another shape another colour
+    local_layers: int = 1  # first decoder layers with sliding-window attention (0: full attention, a Llama model)
+    local_window: int = 8  # the window of those layers, in tokens
+    threads: int = 2
+    curriculum_share: float = 0.15  # first share of the steps: visual tiers 0..curriculum_max_tier only
+    curriculum_max_tier: int = 4
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_tokenizer() -> T.PreTrainedTokenizerFast:
+    """Word-level, lower-casing tokenizer over every word the colour generator can emit."""
+    words = sorted(set(vocabulary()) | set(EXTRA_WORDS) | {":", "\n"} - set(SPECIALS))
+    vocab = dict(SPECIALS)
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
+    return T.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                     unk_token="<unk>", extra_special_tokens={"image_token": "<image>"},
+                                     padding_side="left")
+
+
+def build_processor(cfg: TinyVLMConfig, tokenizer: Any = None) -> T.LlavaProcessor:
+    tokenizer = tokenizer or build_tokenizer()
+    size = cfg.image_size
+    image_processor = T.CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return T.LlavaProcessor(image_processor, tokenizer, patch_size=cfg.patch_size,
+                            vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                            chat_template=chat_template("<image>\n", bos="<s>"))
+
+
+def build_model(cfg: TinyVLMConfig, vocab_size: int) -> T.LlavaForConditionalGeneration:
+    n_image_tokens = (cfg.image_size // cfg.patch_size) ** 2
+    vision = T.CLIPVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=4 * cfg.vision_hidden,
+                                num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+                                image_size=cfg.image_size, patch_size=cfg.patch_size,
+                                projection_dim=cfg.vision_hidden)
+    common = dict(vocab_size=vocab_size, hidden_size=cfg.text_hidden, intermediate_size=cfg.text_intermediate,
+                  num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+                  num_key_value_heads=cfg.text_heads, max_position_embeddings=256,
+                  pad_token_id=SPECIALS["<pad>"], bos_token_id=SPECIALS["<s>"], eos_token_id=SPECIALS["</s>"])
+    if cfg.local_layers <= 0:
+        text = T.LlamaConfig(**common)
+    else:  # Llama-style with per-layer attention types; the local layers see only the last `local_window` tokens
+        if not 0 < cfg.local_layers < cfg.text_layers or cfg.local_window < 1:
+            raise ValueError(f"local_layers must leave at least one full-attention layer (0 < {cfg.local_layers} < "
+                             f"{cfg.text_layers}) and local_window must be >= 1 (got {cfg.local_window})")
+        types = ["sliding_attention"] * cfg.local_layers + ["full_attention"] * (cfg.text_layers - cfg.local_layers)
+        text = T.Qwen2Config(**common, use_sliding_window=True, sliding_window=cfg.local_window, layer_types=types,
+                             tie_word_embeddings=False)
+    config = T.LlavaConfig(vision_config=vision, text_config=text, image_token_index=SPECIALS["<image>"],
+                           image_seq_length=n_image_tokens, vision_feature_layer=-2,
+                           vision_feature_select_strategy="default")
+    torch.manual_seed(cfg.seed)
+    return T.LlavaForConditionalGeneration(config)

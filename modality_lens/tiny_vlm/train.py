@@ -1,0 +1,123 @@
+"""Training the small VLM from scratch on the training mix, and saving it as a hub model.
+
+The loss is the cross-entropy of the answer token only (the last position); AdamW with a
+linear warm-up over `warmup` steps, then a cosine decay to 5% of `lr` (`_lr`); gradients
+clipped to norm 1. Each batch is split into its examples with an image and those without, so
+that a text-only example is encoded without image tokens. `save` writes `save_pretrained`
+output, so `load_vlm(out)` takes exactly the path of a hub model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hooks.prompts import render_prompt
+from modality_lens.tiny_vlm.mix import Example, ScenePool, TrainingMix
+from modality_lens.tiny_vlm.recipe import TinyVLMConfig, build_model, build_processor
+
+__all__ = ["batches", "train", "save"]
+
+
+def _encode(processor: Any, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+    prompts = [render_prompt(processor, question=e.question, context=e.context, with_image=e.image is not None,
+                             preamble=e.preamble) for e in examples]
+    if examples[0].image is not None:
+        out = processor(text=prompts, images=[[e.image] for e in examples], return_tensors="pt", padding=True)
+    else:
+        out = processor(text=prompts, return_tensors="pt", padding=True)
+    return dict(out)
+
+
+def _lr(step: int, cfg: TinyVLMConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def batches(mix: TrainingMix, batch_size: int) -> Iterator[tuple[list[Example], list[Example]]]:
+    """Forever: (examples with an image, examples without) making up one batch.
+
+    Curriculum **[ours]**: during the first `curriculum_share` of the steps, scenes come from
+    visual tiers <= `curriculum_max_tier` only, so that the vision pathway learns to read colours
+    on easy scenes before it sees the hard ones (without it, it stayed at chance; measured: see
+    docs/datasets.md, "Training the shipped model: measured").
+    """
+    cfg = mix.cfg
+    step = 0
+    while True:
+        max_tier = cfg.curriculum_max_tier if step < cfg.curriculum_share * cfg.steps else None
+        drawn = [mix.sample(max_tier) for _ in range(batch_size)]
+        step += 1
+        yield [e for e in drawn if e.image is not None], [e for e in drawn if e.image is None]
+
+
+def train(cfg: TinyVLMConfig, *, pool: ScenePool | None = None, log_every: int = 50, progress: bool = True,
+          model: Any = None, processor: Any = None) -> tuple[Any, Any, dict[str, Any]]:
+    """Train from scratch; returns (model, processor, log). Deterministic for a seed, thread count,
+    torch build and machine (measured: see docs/datasets.md, "Training the shipped model:
+    measured")."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    start = time.time()
+    processor = processor or build_processor(cfg)
+    tok = processor.tokenizer
+    model = model or build_model(cfg, len(tok))
+    pool = pool or ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size, same_colour_share=cfg.same_colour_share)
+    drawn_s = time.time() - start
+    mix = TrainingMix(pool, cfg)
+    label_ids = {c: tok.convert_tokens_to_ids(c) for c in ("red", "yellow", "blue", "green", "purple", "orange")}
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    model.train()
+    history, running = [], []
+    it = batches(mix, cfg.batch_size)
+    bar = tqdm(range(cfg.steps), desc="training", disable=not progress, mininterval=5)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, cfg)
+        with_image, without = next(it)
+        loss_total, n_total = 0.0, 0
+        opt.zero_grad(set_to_none=True)
+        for part in (with_image, without):
+            if not part:
+                continue
+            inputs = _encode(processor, part)
+            labels = torch.tensor([label_ids[e.label] for e in part])
+            logits = model(**inputs, logits_to_keep=1).logits[:, -1, :]
+            loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum") / cfg.batch_size
+            loss.backward()
+            loss_total += float(loss.detach()) * cfg.batch_size
+            n_total += len(part)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        running.append(loss_total / max(1, n_total))
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+            mean = float(np.mean(running))
+            history.append({"step": step + 1, "loss": mean, "elapsed_s": time.time() - start})
+            bar.set_postfix(loss=f"{mean:.3f}")
+            running = []
+    model.eval()
+    log = {"history": history, "wall_s": time.time() - start, "scene_drawing_s": drawn_s,
+           "params": sum(p.numel() for p in model.parameters())}
+    return model, processor, log
+
+
+def save(model: Any, processor: Any, out: str | Path, *, card: str | None = None,
+         metadata: dict[str, Any] | None = None) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    if metadata is not None:
+        (out / "training.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    if card is not None:
+        (out / "MODEL_CARD.md").write_text(card)
+    return out
