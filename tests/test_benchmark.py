@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from hooks.benchmark import peak_memory
+from modality_lens.bench import peak_memory
 
 
 @pytest.mark.parametrize("megabytes", [16, 64])
@@ -20,7 +20,7 @@ def test_peak_memory_measures_a_known_allocation(megabytes):
 
 
 def test_bench_prints_the_json_ratios_last():
-    done = subprocess.run([sys.executable, "-m", "interp.cli", "bench", "--size", "tiny", "--repeats", "1"],
+    done = subprocess.run([sys.executable, "-m", "modality_lens.cli", "bench", "--size", "tiny", "--repeats", "1"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     last = json.loads(done.stdout.strip().splitlines()[-1])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from interp.cli import main
+from modality_lens.cli import main
 from interp.datasets import colour_cases, load_dataset, load_mc2, save_dataset, shape_cases
 from interp.errors import DatasetError
 

@@ -4,32 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 from hooks.adapters import ADAPTERS, Adapter
 from hooks.loading import load_vlm
-from hooks.prompts import PromptItem
 from hooks.tiny import FAMILIES, tiny_model
 from interp.errors import SelfCheckError
-
-QUESTION = "What colour is the circle ? Please use one word to answer this question ."
-CONTEXTS = ["The circle is blue .", "The circle 's colour is the same as a ripe tomato .", "The circle is green .",
-            "It is purple ."]
-
-
-def _image(colour, size=(48, 32)) -> Image.Image:
-    im = Image.new("RGB", size, (255, 255, 255))
-    ImageDraw.Draw(im).ellipse([4, 4, size[0] - 5, size[1] - 5], fill=colour)
-    return im
-
-
-ITEMS = [
-    PromptItem(QUESTION, CONTEXTS[0], _image((220, 30, 30))),
-    PromptItem("What colour is the circle ?", CONTEXTS[1], _image((30, 60, 220), (32, 32))),
-    PromptItem(QUESTION, CONTEXTS[2], _image((30, 200, 30), (40, 40))),
-    PromptItem("What colour ?", CONTEXTS[3], _image((150, 30, 200), (32, 48))),
-]
-
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def vlm(request):
@@ -55,10 +34,10 @@ def test_self_check_passes(vlm):
 
 
 @pytest.mark.parametrize("pass_name", ["vision", "text", "conflict"])
-def test_final_layer_lens_equals_plain_forward_logits(vlm, pass_name):
-    batch = vlm.passes(ITEMS, (pass_name,))[pass_name]
+def test_final_layer_lens_equals_plain_forward_logits(vlm, pass_name, items):
+    batch = vlm.passes(items, (pass_name,))[pass_name]
     result = vlm.lens(batch)
-    assert result.logits.shape == (len(ITEMS), vlm.n_layers + 1, result.model_logits.shape[-1])
+    assert result.logits.shape == (len(items), vlm.n_layers + 1, result.model_logits.shape[-1])
     vlm.adapter.reset_state(vlm.model)
     with torch.no_grad():  # an independent forward, no nnsight, full logits
         plain = vlm.model(**batch.inputs).logits[:, -1, :]
@@ -66,26 +45,26 @@ def test_final_layer_lens_equals_plain_forward_logits(vlm, pass_name):
     assert (result.logits[:, -1, :] - plain).abs().max().item() <= 1e-4
 
 
-def test_left_padded_batch_equals_unbatched_rows(vlm):
-    batch = vlm.passes(ITEMS, ("conflict",))["conflict"]
+def test_left_padded_batch_equals_unbatched_rows(vlm, items):
+    batch = vlm.passes(items, ("conflict",))["conflict"]
     assert any(g.n_pad > 0 for g in batch.geometry), "the sample must exercise left padding"
     batched = vlm.lens(batch).logits
-    for b, item in enumerate(ITEMS):
+    for b, item in enumerate(items):
         single = vlm.lens(vlm.passes([item], ("conflict",))["conflict"]).logits[0]
         assert (batched[b] - single).abs().max().item() <= 1e-4, f"row {b}"
 
 
-def test_text_only_pass_has_no_image(vlm):
-    batch = vlm.passes(ITEMS, ("text",))["text"]
+def test_text_only_pass_has_no_image(vlm, items):
+    batch = vlm.passes(items, ("text",))["text"]
     assert not any(k.startswith("pixel") for k in batch.inputs)
     assert not (batch.inputs["input_ids"] == vlm.image_token_id).any()
     assert all(g.image_span is None and g.image_positions == () for g in batch.geometry)
 
 
-def test_spans_decode_to_their_text(vlm):
-    batch = vlm.passes(ITEMS, ("conflict",))["conflict"]
+def test_spans_decode_to_their_text(vlm, items):
+    batch = vlm.passes(items, ("conflict",))["conflict"]
     tok = vlm.tokenizer
-    for b, (g, item) in enumerate(zip(batch.geometry, ITEMS)):
+    for b, (g, item) in enumerate(zip(batch.geometry, items)):
         ids = batch.inputs["input_ids"][b]
         alone = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         assert ids[slice(*g.context_span)].tolist() == alone(item.context)
@@ -98,24 +77,16 @@ def test_spans_decode_to_their_text(vlm):
         assert g.n_pad == int((batch.inputs["attention_mask"][b] == 0).sum())
 
 
-def _layer0_input(vlm, inputs):
-    out = []
-    vlm.adapter.reset_state(vlm.model)
-    with torch.no_grad(), vlm.nn.trace(**inputs):
-        out.append(vlm.envoy_layers()[0].input.save())
-    return out[0]
-
-
-def test_image_span_holds_only_image_tokens(vlm):
+def test_image_span_holds_only_image_tokens(vlm, circle_item, layer0_input):
     """Positions whose embedding changes with the image are image-token positions, and no others."""
-    red = vlm.passes([PromptItem(QUESTION, CONTEXTS[0], _image((220, 30, 30)))], ("vision",))["vision"]
-    blue = vlm.passes([PromptItem(QUESTION, CONTEXTS[0], _image((30, 60, 220)))], ("vision",))["vision"]
+    red = vlm.passes([circle_item((220, 30, 30))], ("vision",))["vision"]
+    blue = vlm.passes([circle_item((30, 60, 220))], ("vision",))["vision"]
     geometry = red.geometry[0]
     ids = red.inputs["input_ids"][0]
     assert geometry.image_positions, "a vision pass must have image tokens"
     assert all(int(ids[p]) == vlm.image_token_id for p in geometry.image_positions)
     assert int((ids == vlm.image_token_id).sum()) == len(geometry.image_positions)
-    changed = ((_layer0_input(vlm, red.inputs) - _layer0_input(vlm, blue.inputs)).abs().amax(-1) > 0)[0]
+    changed = ((layer0_input(vlm, red.inputs) - layer0_input(vlm, blue.inputs)).abs().amax(-1) > 0)[0]
     changed = set(torch.nonzero(changed).flatten().tolist())
     if vlm.adapter.family == "mllama":
         assert changed == set()  # the image enters through cross-attention, not the embeddings
@@ -142,10 +113,10 @@ def _scaled(family: str):
     return model, processor
 
 
-def test_softcap_is_applied_where_the_class_applies_it():
+def test_softcap_is_applied_where_the_class_applies_it(items):
     vlm = load_vlm(_scaled("paligemma2"))
     assert vlm.softcap == 30.0
-    result = vlm.lens(vlm.passes(ITEMS[:2], ("conflict",))["conflict"])
+    result = vlm.lens(vlm.passes(items[:2], ("conflict",))["conflict"])
     assert result.model_logits.abs().max() <= 30.0 + 1e-4
     assert result.logits.abs().max() <= 30.0 + 1e-4
     # Without the cap the lens no longer reproduces the model: the self-check must refuse it.
@@ -154,38 +125,38 @@ def test_softcap_is_applied_where_the_class_applies_it():
                                                         text_only_format="{bos}{text}\n"))
 
 
-def test_gemma3_class_does_not_cap_even_when_configured():
+def test_gemma3_class_does_not_cap_even_when_configured(items):
     vlm = load_vlm(_scaled("gemma3"))
     assert vlm.model.config.get_text_config().final_logit_softcapping == 30.0
     assert vlm.softcap is None
-    result = vlm.lens(vlm.passes(ITEMS[:2], ("conflict",))["conflict"])
+    result = vlm.lens(vlm.passes(items[:2], ("conflict",))["conflict"])
     assert result.model_logits.abs().max() > 30.0
     with pytest.raises(SelfCheckError):
         load_vlm(_scaled("gemma3"), adapter=Adapter("Gemma3ForConditionalGeneration", "gemma3", softcap=True))
 
 
-def test_qwen_without_mm_token_type_ids_is_refused():
+def test_qwen_without_mm_token_type_ids_is_refused(items):
     vlm = load_vlm(tiny_model("qwen2_5_vl"))
-    batch = vlm.passes(ITEMS[:1], ("vision",))["vision"]
+    batch = vlm.passes(items[:1], ("vision",))["vision"]
     inputs = {k: v for k, v in batch.inputs.items() if k != "mm_token_type_ids"}
     with pytest.raises(ValueError, match="mm_token_type_ids"):
         vlm.lens(inputs)
 
 
-def test_preamble_comes_first_and_leaves_the_spans_alone(vlm):
+def test_preamble_comes_first_and_leaves_the_spans_alone(vlm, items):
     """An instruction placed at the start of the user turn precedes the image and the context
     in every pass; the context and question spans still decode to their own text."""
-    from hooks.patching import TEXT_INSTRUCTION, with_instruction
+    from hooks.interventions import TEXT_INSTRUCTION, with_instruction
 
-    items = with_instruction(ITEMS, TEXT_INSTRUCTION, placement="start")
-    assert all(it.preamble == TEXT_INSTRUCTION and it.question == orig.question for it, orig in zip(items, ITEMS))
+    instructed = with_instruction(items, TEXT_INSTRUCTION, placement="start")
+    assert all(it.preamble == TEXT_INSTRUCTION and it.question == orig.question for it, orig in zip(instructed, items))
     tok = vlm.tokenizer
     alone = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     want = alone(TEXT_INSTRUCTION)
     templated = bool(getattr(vlm.processor, "chat_template", None))
-    for name, batch in vlm.passes(items, ("vision", "text", "conflict")).items():
-        plain = vlm.passes(ITEMS, (name,))[name]
-        for b, (g, item) in enumerate(zip(batch.geometry, items)):
+    for name, batch in vlm.passes(instructed, ("vision", "text", "conflict")).items():
+        plain = vlm.passes(items, (name,))[name]
+        for b, (g, item) in enumerate(zip(batch.geometry, instructed)):
             ids = batch.inputs["input_ids"][b].tolist()
             starts = [s for s in range(g.n_pad, len(ids) - len(want) + 1) if ids[s:s + len(want)] == want]
             assert len(starts) == 1, f"{name} row {b}: the instruction's tokens appear {len(starts)} times"

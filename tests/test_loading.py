@@ -14,7 +14,6 @@ from hooks.loading import ModelSourceError, load_vlm
 from hooks.tiny import tiny_model
 from interp.errors import UnsupportedModelError
 
-from tests.test_families import ITEMS
 
 
 def _save(family: str, path):
@@ -25,15 +24,15 @@ def _save(family: str, path):
 
 
 @pytest.mark.parametrize("family", ["llava", "paligemma2", "gemma3"])
-def test_directory_round_trip_gives_the_same_lens(tmp_path, family):
+def test_directory_round_trip_gives_the_same_lens(tmp_path, family, items):
     model, processor = _save(family, tmp_path)
     assert list(tmp_path.glob("*.safetensors"))
     from_dir = load_vlm(tmp_path)
     in_memory = load_vlm((model, processor))
     assert from_dir.self_check_report.ok
     assert type(from_dir.model).__name__ == type(model).__name__
-    a = from_dir.lens(from_dir.passes(ITEMS, ("conflict",))["conflict"]).logits
-    b = in_memory.lens(in_memory.passes(ITEMS, ("conflict",))["conflict"]).logits
+    a = from_dir.lens(from_dir.passes(items, ("conflict",))["conflict"]).logits
+    b = in_memory.lens(in_memory.passes(items, ("conflict",))["conflict"]).logits
     assert (a - b).abs().max().item() <= 1e-5
 
 
@@ -80,7 +79,7 @@ def test_hub_id_offline_gives_a_clear_error():
 
 def _cli(*args):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "interp.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "modality_lens.cli", *args], capture_output=True, text=True, env=env,
                           timeout=300)
 
 

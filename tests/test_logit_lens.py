@@ -9,12 +9,11 @@ import pytest
 import torch
 
 from hooks.loading import load_vlm
-from hooks.prompts import PromptItem, append_tokens
+from hooks.prompts import append_tokens
 from hooks.tiny import tiny_model
 from interp.candidates import CandidatePair, answer_tokens, candidate_pair
 from interp.logit_lens import trajectories, trajectory_from_logits
 
-from tests.test_families import ITEMS, QUESTION, _image
 
 
 def _pair(text_ids, vision_ids):
@@ -42,12 +41,12 @@ def test_hand_worked_trajectory():
     assert traj.logit_diff[2] == pytest.approx(-math.log(6))
 
 
-def test_reduced_lens_equals_full_logits_path():
+def test_reduced_lens_equals_full_logits_path(items):
     vlm = load_vlm(tiny_model("qwen2_5_vl"))
     tok = vlm.tokenizer
     pairs = [candidate_pair(tok, "blue", "red"), candidate_pair(tok, "tomato", "red"),
              candidate_pair(tok, "green", "purple", text_synonyms=["grass"]), candidate_pair(tok, "purple", "red")]
-    batch = vlm.passes(ITEMS, ("conflict",))["conflict"]
+    batch = vlm.passes(items, ("conflict",))["conflict"]
     ids = sorted({t for p in pairs for t in p.ids})
     full = vlm.lens(batch, keep_logits=True)
     reduced = vlm.lens(batch, keep_logits=False, candidate_ids=ids)
@@ -61,11 +60,11 @@ def test_reduced_lens_equals_full_logits_path():
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "mllama", "paligemma", "gemma3"])
-def test_teacher_forced_prefix_equals_prompt_with_the_prefix(family):
+def test_teacher_forced_prefix_equals_prompt_with_the_prefix(family, items):
     """append_tokens(batch, prefix) gives the same lens as encoding prompt + prefix directly."""
     vlm = load_vlm(tiny_model(family))
     tok = vlm.tokenizer
-    items = [ITEMS[0], PromptItem("What colour ?", "It is purple .", _image((150, 30, 200), (32, 48)))]
+    items = [items[0], items[3]]
     prefixes = [tok.encode("the ripe", add_special_tokens=False), tok.encode("a", add_special_tokens=False)]
     forced = append_tokens(vlm.passes(items, ("conflict",))["conflict"], prefixes)
     got = vlm.lens(forced).logits

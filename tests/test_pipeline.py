@@ -21,7 +21,7 @@ RUN_ARGS = ["--model", "tiny:llava", "--limit", "48", "--batch-size", "4", "--n-
 
 def _cli(*args, **kwargs):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.Popen([sys.executable, "-m", "interp.cli", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "modality_lens.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, **kwargs)
 
 
@@ -36,7 +36,7 @@ def _summary_without_provenance(run: Path) -> dict:
 
 
 def test_rows_of_a_small_run(tmp_path):
-    from interp.pipeline import run
+    from modality_lens.pipeline import run
 
     run_dir = run(model="tiny:llava", limit=12, batch_size=5, n_per_cell=1, out=str(tmp_path / "r"), seed=1,
                   progress=False, figures=False, n_boot=50)
@@ -97,7 +97,7 @@ def test_resume_on_a_foreign_run_is_refused_and_nothing_is_lost(tmp_path):
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
     assert after == before
     from interp.errors import RunDirError
-    from interp.pipeline import run
+    from modality_lens.pipeline import run
 
     with pytest.raises(RunDirError, match="not empty"):  # no --resume on a full directory
         run(model="tiny:llava", limit=8, n_per_cell=1, seed=3, out=str(out), progress=False)
@@ -131,7 +131,7 @@ def test_dataset_folder_with_a_missing_image(tmp_path):
 
 def test_case_whose_answers_tokenise_identically(tmp_path):
     from interp.datasets.colour import colour_cases
-    from interp.pipeline import _pairs
+    from modality_lens.cases import case_pairs
 
     cases = list(colour_cases(1, 0, image_size=32, visual_tiers=[0], text_tiers=[0], controls=False))
     bad = replace(cases[0], id="bad-case", text_answer=cases[0].image_answer.capitalize(),
@@ -140,7 +140,7 @@ def test_case_whose_answers_tokenise_identically(tmp_path):
 
     tok = load_vlm("tiny:llava", self_check=False).tokenizer
     with pytest.raises(CaseError, match="bad-case.*identical tokens"):
-        _pairs(tok, [bad])
+        case_pairs(tok, [bad])
 
     data = tmp_path / "data"
     _write_dataset(data, [cases[0], bad])
@@ -156,7 +156,8 @@ def test_built_in_scenes_are_drawn_at_the_model_input_size():
     """The shipped model takes 64 px images: the built-in set must be drawn at 64 px, not
     at 800x600 and centre-cropped by the processor (which cuts off targets)."""
     from hooks.tiny import tiny_model
-    from interp.pipeline import auto_image_size, default_model
+    from modality_lens.cases import auto_image_size
+    from modality_lens.pipeline import default_model
 
     from hooks.loading import load_vlm
 

@@ -1,4 +1,4 @@
-"""interp.plots and interp.report: figures and report.html drawn from a run directory alone."""
+"""modality_lens.plots and modality_lens.report: figures and report.html drawn from a run directory alone."""
 
 from __future__ import annotations
 
@@ -12,17 +12,19 @@ import pytest
 from PIL import Image
 
 from interp.errors import RunDirError
-from interp.plots import FIGURES, RunData, draw_all, logit_diff_grid, sample_cases
-from interp.records import LAYER_SCHEMA, RunDir
-from interp.report import format_summary, report_main, write_report
-from tests.test_records import run_info, synthetic_rows, write_run
+from modality_lens.plots import FIGURES, RunData, draw_all, logit_diff_grid, sample_cases
+from modality_lens.finalize import finalize
+from modality_lens.rows import LAYER_SCHEMA
+from modality_lens.rundir import RunDir
+from modality_lens.report import format_summary, report_main, write_report
+from tests.simulated import run_info, synthetic_rows, write_run
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     cases, layers = synthetic_rows(n_conflict=200, n_controls=5, seed=5)
     run = write_run(tmp_path_factory.mktemp("plots") / "run", cases, layers, size=50)
-    run.finalize(n_boot=100)
+    finalize(run, n_boot=100)
     run.close()
     return run
 

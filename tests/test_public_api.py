@@ -5,10 +5,11 @@ import sys
 
 import hooks
 import interp
+import modality_lens
 
 
 def test_every_exported_name_resolves():
-    for package in (hooks, interp):
+    for package in (hooks, interp, modality_lens):
         for name in package.__all__:
             assert getattr(package, name) is not None, f"{package.__name__}.{name}"
 

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 import scipy.stats
 
-from interp.records import CASE_SCHEMA
+from modality_lens.rows import CASE_SCHEMA
 from interp.summary import REQUIRED_KEYS, summarise
-from tests.test_records import BALANCE, synthetic_rows
+from tests.simulated import BALANCE, synthetic_rows
 
 NAN = math.nan
 # id, control, visual tier, text tier, vision_correct, text_correct, h_v, h_t, label, drop reason, oscillations

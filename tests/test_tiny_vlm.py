@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hooks.interventions import instruction_direction, steering_effect
 from hooks.loading import load_vlm
-from hooks.tiny_vlm import DEFAULT_DIR, ScenePool, TinyVLMConfig, save, train
+from interp.datasets.colour import COLOURS, SHAPES, colour_cases
+from interp.datasets.text import words
+from modality_lens.cases import case_item, case_pairs
+from modality_lens.pipeline import iter_rows
+from modality_lens.tiny_vlm import (DEFAULT_DIR, TEXT_RELIABILITY, ScenePool, TinyVLMConfig, TrainingMix, build_model,
+                                    instruction_following, save, train)
 
 TINY = dict(steps=3, batch_size=8, n_scenes=28, vision_hidden=32, vision_layers=1, text_hidden=32, text_layers=2,
             text_intermediate=64, warmup=1, threads=1)
@@ -30,9 +36,6 @@ def test_a_few_training_steps_run_deterministically_and_save_a_loadable_model(tm
 
 
 def test_training_mix_follows_the_documented_reliabilities():
-    from hooks.tiny_vlm import TEXT_RELIABILITY, TrainingMix
-    from interp.datasets.colour import COLOURS
-
     cfg = TinyVLMConfig(**TINY)
     pool = ScenePool.draw(28, 0, 64)
     mix = TrainingMix(pool, cfg)
@@ -79,9 +82,6 @@ def test_shipped_checkpoint_is_small_loads_and_passes_the_self_check():
 @shipped
 def test_shipped_checkpoint_reads_easy_colours_and_text():
     """An independent spot check of the card's tier-0 accuracy on fresh cases (another seed)."""
-    from interp.datasets.colour import colour_cases
-    from interp.pipeline import iter_rows
-
     vlm = load_vlm(DEFAULT_DIR)
     cases = list(colour_cases(12, 4242, image_size=64, visual_tiers=[0], text_tiers=[0], controls=False))
     rows = [r for rs, _ in iter_rows(vlm, cases, batch_size=12, progress=False) for r in rs]
@@ -93,9 +93,6 @@ def test_shipped_checkpoint_reads_easy_colours_and_text():
 def test_shipped_checkpoint_follows_the_trained_instructions_on_easy_conflicts():
     """Fresh tier-0 conflict cases (another seed than the card's): "use the text" gives the
     text's colour, "use the image" the image's, each on most cases."""
-    from hooks.tiny_vlm import instruction_following
-    from interp.datasets.colour import colour_cases
-
     vlm = load_vlm(DEFAULT_DIR)
     cases = list(colour_cases(12, 4243, image_size=64, visual_tiers=[0], text_tiers=[0], controls=False))
     out = instruction_following(vlm, cases, batch_size=12)
@@ -109,23 +106,16 @@ def test_shipped_checkpoint_is_steered_both_ways_by_the_mc2_direction():
     minus "use the image" direction, added at the answer position in layers 0-1 with +alpha,
     raises TFR over the cases right in both unimodal passes, and with -alpha lowers it, each
     shift's paired 95% interval excluding 0."""
-    from hooks.patching import instruction_direction, steering_effect
-    from hooks.prompts import PromptItem
-    from interp.candidates import candidate_pair
-    from interp.datasets.colour import colour_cases
-    from interp.datasets.text import INSTRUCTION
-
     vlm = load_vlm(DEFAULT_DIR)
 
     def items(cases):
-        return [PromptItem(f"{c.question} {INSTRUCTION}", c.context, c.open_image()) for c in cases]
+        return [case_item(c) for c in cases]
 
     # groups 0-29 use each ordered (image colour, text colour) pair once: no colour residue
     fit = list(colour_cases(30, 77, image_size=64, visual_tiers=[0], text_tiers=[0], controls=False))
     direction = instruction_direction(vlm, items(fit)).relative()
     held = list(colour_cases(6, 78, image_size=64, controls=False))
-    pairs = [candidate_pair(vlm.tokenizer, c.text_answer, c.image_answer, tuple(c.text_candidates)[1:],
-                            tuple(c.image_candidates)[1:]) for c in held]
+    pairs = case_pairs(vlm.tokenizer, held)
     report = steering_effect(vlm, items(held), pairs, direction, alphas=(-0.3, 0.3), layers=(0, 1), n_boot=0,
                              batch_size=112)
     assert report.n_kept >= 60
@@ -137,9 +127,6 @@ def test_conflict_examples_carry_the_taught_text_prior():
     """Conflict examples: image + a relevant context stating a colour absent from the image; the
     label is the stated colour with probability text_prior[text tier], else the true colour.
     Without conflict examples the random stream (and so the recipe) is what it was."""
-    from hooks.tiny_vlm import TrainingMix
-    from interp.datasets.colour import COLOURS
-
     pool = ScenePool.draw(28, 0, 64)
     prior = (0.9, 0.6, 0.3, 0.0)
     cfg = TinyVLMConfig(**{**TINY, "conflict_share": 0.3, "text_prior": prior})
@@ -168,10 +155,6 @@ def test_text_distractors_add_one_sentence_about_another_shape_and_colour():
     neither the asked nor the example's absent one, in a sentence of its own whose colour is
     neither the scene's nor the stated one; labels follow the same rules. Share 0 leaves the
     random stream (and so the recipe) as it was."""
-    from hooks.tiny_vlm import TrainingMix
-    from interp.datasets.colour import COLOURS, SHAPES
-    from interp.datasets.text import words
-
     pool = ScenePool.draw(28, 0, 64)
     mix = TrainingMix(pool, TinyVLMConfig(**{**TINY, "text_distractor_share": 0.5}))
     with_context = [e for e in (mix.sample() for _ in range(3000)) if e.context is not None]
@@ -203,8 +186,6 @@ def test_instruction_placement_moves_only_the_instruction():
     """`instruction_placement="start"` / `"end"` (the default) draw the same examples as
     `"question"`, with the instruction as the preamble / after the question instead of in front
     of it."""
-    from hooks.tiny_vlm import TrainingMix
-
     pool = ScenePool.draw(28, 0, 64)
     before = TrainingMix(pool, TinyVLMConfig(**TINY, instruction_placement="question"))
     start = TrainingMix(pool, TinyVLMConfig(**TINY, instruction_placement="start"))
@@ -229,8 +210,6 @@ def test_local_layers_see_only_their_window():
     """`local_layers=1`: the first decoder layer's output at the last position does not change
     when a token further back than `local_window` changes, and changes when one inside does;
     with full attention (the shipped recipe) it changes either way."""
-    from hooks.tiny_vlm import build_model
-
     def first_layer_last_state(cfg: TinyVLMConfig, ids: torch.Tensor) -> torch.Tensor:
         torch.manual_seed(0)
         model = build_model(cfg, 40).eval()
@@ -252,8 +231,6 @@ def test_local_layers_see_only_their_window():
 
 
 def test_training_mix_refuses_bad_settings():
-    from hooks.tiny_vlm import TrainingMix
-
     pool = ScenePool.draw(4, 0, 64)
     with pytest.raises(ValueError, match="instruction_placement"):
         TrainingMix(pool, TinyVLMConfig(**TINY, instruction_placement="middle"))

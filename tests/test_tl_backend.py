@@ -18,7 +18,6 @@ from hooks.loading import load_vlm
 from hooks.tiny import FAMILIES, tiny_model
 from hooks.tl_backend import LAYER0_HOOK, bridge_for, lens_hook_names, tl_lens, tl_stock_support
 from interp.errors import UnsupportedModelError
-from tests.test_families import ITEMS, _layer0_input
 
 LM_ONLY_WARNING = "ignore:.*bridging only its language model"
 TOL = 1e-4
@@ -46,10 +45,10 @@ CASES = [(f, "auto") for f in FAMILIES] + [("llava", "lm_only"), ("gemma3", "lm_
 
 @pytest.mark.filterwarnings(LM_ONLY_WARNING)
 @pytest.mark.parametrize("family,mode", CASES, ids=[f"{f}-{m}" for f, m in CASES])
-def test_bridge_lens_equals_nnsight_lens_at_every_layer(family, mode):
+def test_bridge_lens_equals_nnsight_lens_at_every_layer(family, mode, items):
     vlm, bridge = _vlm(family), _bridge(family, mode)
     for pass_name in ("conflict", "text"):
-        batch = vlm.passes(ITEMS[:3], (pass_name,))[pass_name]
+        batch = vlm.passes(items[:3], (pass_name,))[pass_name]
         assert any(g.n_pad > 0 for g in batch.geometry), "the batch must exercise left padding"
         ours = vlm.lens(batch).logits
         theirs = tl_lens(vlm, batch, bridge)
@@ -63,9 +62,9 @@ def test_bridge_lens_equals_nnsight_lens_at_every_layer(family, mode):
 
 @pytest.mark.parametrize("family", ["llava", "gemma3", "paligemma2"])
 @pytest.mark.filterwarnings(LM_ONLY_WARNING)
-def test_bridge_logits_equal_hf_logits(family):
+def test_bridge_logits_equal_hf_logits(family, items):
     vlm, bridge = _vlm(family), _bridge(family)
-    batch = vlm.passes(ITEMS[:3], ("conflict",))["conflict"]
+    batch = vlm.passes(items[:3], ("conflict",))["conflict"]
     ids, rest = _split(batch.inputs)
     with torch.no_grad():
         hf = vlm.model(**batch.inputs).logits
@@ -79,11 +78,11 @@ def test_bridge_logits_equal_hf_logits(family):
 
 
 @pytest.mark.parametrize("family", ["llava", "gemma3"])
-def test_booting_leaves_the_vlm_untouched(family):
+def test_booting_leaves_the_vlm_untouched(family, items):
     from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
 
     vlm = load_vlm(tiny_model(family))  # a fresh one: nothing else has booted a bridge from it
-    batch = vlm.passes(ITEMS[:2], ("conflict",))["conflict"]
+    batch = vlm.passes(items[:2], ("conflict",))["conflict"]
     before = vlm.lens(batch).logits
     attn_before = vlm.model.config._attn_implementation
     layers_before = list(vlm.layers)
@@ -104,13 +103,13 @@ def test_booting_leaves_the_vlm_untouched(family):
     assert torch.equal(before, after)
 
 
-def test_layer0_hook_is_the_decoder_input_not_the_token_embedding():
+def test_layer0_hook_is_the_decoder_input_not_the_token_embedding(items, layer0_input):
     vlm, bridge = _vlm("llava"), _bridge("llava")
-    batch = vlm.passes(ITEMS[:2], ("conflict",))["conflict"]
+    batch = vlm.passes(items[:2], ("conflict",))["conflict"]
     ids, rest = _split(batch.inputs)
     with torch.no_grad():
         _, cache = bridge.run_with_cache(ids, names_filter=[LAYER0_HOOK, "hook_embed"], **rest)
-    ours = _layer0_input(vlm, batch.inputs)
+    ours = layer0_input(vlm, batch.inputs)
     attended = batch.inputs["attention_mask"].bool()
     assert (cache[LAYER0_HOOK] - ours)[attended].abs().max().item() <= TOL
     # hook_embed is taken before the image features are merged: it differs exactly at image tokens

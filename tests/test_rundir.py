@@ -1,8 +1,6 @@
-"""interp.records: run.json, atomic chunks, resume (foreign runs refused, interrupted chunks redone), finalize.
+"""modality_lens.rundir: run.json, atomic chunks, resume (foreign runs refused, interrupted chunks redone), finalize.
 
-``synthetic_rows`` (also used by test_summary and test_plots) simulates a run whose truth is
-known: P(follow text) = sigmoid(SLOPE * (dH_rel - BALANCE)), and conflict-pass trajectories
-with a chosen number of vision <-> text switches.
+The simulated runs come from `tests.simulated`.
 """
 
 from __future__ import annotations
@@ -23,105 +21,11 @@ import pytest
 
 import interp
 from interp.errors import RunDirError
-from interp.records import CASE_SCHEMA, LAYER_SCHEMA, RunDir, weights_hash
-
-BALANCE = 0.3
-SLOPE = -4.0
-N_LAYERS = 8  # decoder layers; every pass has N_LAYERS + 1 lens rows (layer 0 = embedding)
-PROBS = {"text": (0.6, 0.2), "vision": (0.2, 0.6), "irrelevant": (0.1, 0.1)}
-
-
-def run_info(**changes):
-    info = {
-        "model": {"source": "data/tiny_vlm", "weights_hash": "sha256:aaa"},
-        "dataset": {"source": "colour", "parameters": {"n_groups": 4}, "hash": "sha256:ddd"},
-        "seed": 0,
-        "arguments": {"dtype": "float32", "limit": None, "batch_size": 8},
-        "device": "cpu",
-    }
-    for dotted, value in changes.items():
-        target = info
-        *head, last = dotted.split("__")
-        for key in head:
-            target = target[key]
-        target[last] = value
-    return info
-
-
-def _classes(k: int, final: str) -> list[str]:
-    """Embedding + N_LAYERS classes with exactly ``k`` vision <-> text switches, ending at ``final``."""
-    other = "vision" if final == "text" else "text"
-    runs = [final if (k - j) % 2 == 0 else other for j in range(k + 1)]
-    return ["irrelevant"] * (N_LAYERS + 1 - len(runs)) + runs
-
-
-def _layer_rows(case_id: str, pass_name: str, classes: list[str], rng) -> list[dict]:
-    rows = []
-    for layer, c in enumerate(classes):
-        pt, pv = PROBS[c]
-        rows.append({"case_id": case_id, "pass": pass_name, "layer": layer, "class": c, "top1": 100 + layer,
-                     "p_text": pt, "p_vision": pv, "logit_diff": math.log(pt / pv),
-                     "entropy": float(rng.uniform(0.5, 3.0))})
-    return rows
-
-
-def synthetic_rows(n_conflict: int = 400, n_controls: int = 20, seed: int = 0, other_rate: float = 0.03):
-    """(case rows, layer rows) of a simulated run; see the module docstring."""
-    rng = np.random.default_rng(seed)
-    cases, layers = [], []
-    for i in range(n_conflict + 2 * n_controls):
-        control = None if i < n_conflict else ("text_irrelevant" if i < n_conflict + n_controls else "image_irrelevant")
-        vt, tt = i % 14, (i // 14) % 4
-        h_v = 0.2 + 0.15 * vt + rng.exponential(0.3)
-        h_t = 0.3 + 0.5 * tt + rng.exponential(0.3)
-        dh = 2 * (h_t - h_v) / (h_t + h_v)
-        vision_correct = bool(rng.random() < 0.98 - 0.04 * vt)
-        text_correct = bool(rng.random() < 0.95 - 0.1 * tt)
-        u = rng.random()
-        if u < other_rate:
-            label = "other"
-        else:
-            label = "text" if rng.random() < 1 / (1 + math.exp(-SLOPE * (dh - BALANCE))) else "vision"
-        if control is None:
-            k = int(rng.integers(2, 4)) if abs(dh - BALANCE) <= 0.5 else int(rng.integers(0, 2))
-        else:
-            k = int(rng.integers(0, 2))
-        reason = ("both_wrong" if not (vision_correct or text_correct) else "vision_wrong" if not vision_correct
-                  else "text_wrong" if not text_correct else None)
-        cid = f"c{i:04d}"
-        cases.append({
-            "case_id": cid, "group_id": f"g{i // 4}", "visual_tier": vt, "text_tier": tt, "control": control,
-            "image_answer": "red", "text_answer": "blue",
-            "y_v": "red" if vision_correct else "green", "y_t": "blue" if text_correct else "green",
-            "y_m": {"text": "blue", "vision": "red", "other": "green"}[label],
-            "vision_correct": vision_correct, "text_correct": text_correct,
-            "h_v": h_v, "h_t": h_t, "dh_rel": dh, "label": label,
-            "kept": reason is None, "drop_reason": reason, "oscillations": k,
-        })
-        final = label if label != "other" else "vision"
-        layers += _layer_rows(cid, "vision", _classes(0, "vision"), rng)
-        layers += _layer_rows(cid, "text", _classes(0, "text"), rng)
-        layers += _layer_rows(cid, "conflict", _classes(k, final), rng)
-    return cases, layers
-
-
-def chunks(cases, layers, size):
-    """Split rows into chunks of ``size`` cases with their layer rows."""
-    by_case = {}
-    for r in layers:
-        by_case.setdefault(r["case_id"], []).append(r)
-    for start in range(0, len(cases), size):
-        part = cases[start:start + size]
-        yield part, [r for c in part for r in by_case.get(c["case_id"], [])]
-
-
-def write_run(path, cases, layers, size=25, info=None) -> RunDir:
-    run = RunDir(path)
-    run.create(info or run_info(), resume=False)
-    for c, lay in chunks(cases, layers, size):
-        run.append(c, lay)
-    return run
-
+from modality_lens.finalize import finalize
+from modality_lens.rows import CASE_SCHEMA, LAYER_SCHEMA
+from modality_lens.provenance import weights_hash
+from modality_lens.rundir import RunDir
+from tests.simulated import N_LAYERS, run_info, synthetic_rows, write_run
 
 @pytest.fixture(scope="module")
 def small():
@@ -352,7 +256,7 @@ class _Killed(BaseException):
 def test_kill_at_every_step_of_an_append(tmp_path, small, monkeypatch, kill_before_step):
     """Steps of one append: (1) write layers temp, (2) rename it, (3) write cases temp, (4) rename it;
     1 and 3 are torn halfway, 5 kills after the commit, 6-7 during the next append."""
-    import interp.records as records
+    import modality_lens.rundir as records
 
     cases, layers = small
     a, b, c = cases[:5], cases[5:9], cases[9:12]
@@ -399,7 +303,7 @@ def test_kill_at_every_step_of_an_append(tmp_path, small, monkeypatch, kill_befo
 
 _CHILD = textwrap.dedent("""
     import sys
-    from interp.records import RunDir
+    from modality_lens.rundir import RunDir
     run = RunDir(sys.argv[1])
     run.create({"model": {"source": "m", "weights_hash": "h"}, "dataset": {"hash": "d"}, "seed": 0,
                 "arguments": {"dtype": "float32", "limit": None}}, resume=False)
@@ -407,7 +311,9 @@ _CHILD = textwrap.dedent("""
         return {"case_id": f"k{i:05d}", "group_id": "g", "visual_tier": 0, "text_tier": 0, "control": None,
                 "image_answer": "red", "text_answer": "blue", "y_v": "red", "y_t": "blue", "y_m": "red",
                 "vision_correct": True, "text_correct": True, "h_v": 1.0, "h_t": 1.0, "dh_rel": 0.0,
-                "label": "vision", "kept": True, "drop_reason": None, "oscillations": 0}
+                "label": "vision", "kept": True, "drop_reason": None, "oscillations": 0, "task": "colour",
+                "class_v": "vision", "class_t": "text", "class_m": "vision", "p_text_m": 0.1, "p_vision_m": 0.8,
+                "logit_diff_m": -2.0, "divergence_position": 0}
     def lay(i):
         return [{"case_id": f"k{i:05d}", "pass": p, "layer": l, "class": "vision", "top1": 1, "p_text": 0.1,
                  "p_vision": 0.8, "logit_diff": -2.0, "entropy": 1.0} for p in ("vision", "text", "conflict")
@@ -452,7 +358,7 @@ def test_finalize_writes_tables_with_regions_and_summary(tmp_path):
     cases, layers = synthetic_rows(n_conflict=200, n_controls=5, seed=2)
     run = write_run(tmp_path / "run", cases, layers, size=40)
     assert not run.is_finalized()
-    summary = run.finalize(n_boot=200)
+    summary = finalize(run, n_boot=200)
     assert run.is_finalized()
     on_disk = json.loads((tmp_path / "run/summary.json").read_text())
     assert on_disk == summary
@@ -479,7 +385,7 @@ def test_summary_does_not_depend_on_how_the_run_was_chunked(tmp_path):
     order = np.random.default_rng(0).permutation(len(cases))
     shuffled = [cases[i] for i in order]
     other = write_run(tmp_path / "other", shuffled, layers, size=11)
-    assert one.finalize(n_boot=100) == other.finalize(n_boot=100)
+    assert finalize(one, n_boot=100) == finalize(other, n_boot=100)
 
 
 def test_weights_hash(tmp_path):

@@ -1,0 +1,50 @@
+"""Fixtures shared by the test modules (no test module imports another)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from hooks.prompts import PromptItem
+
+QUESTION = "What colour is the circle ? Please use one word to answer this question ."
+CONTEXTS = ["The circle is blue .", "The circle 's colour is the same as a ripe tomato .", "The circle is green .",
+            "It is purple ."]
+
+
+def _circle(colour, size=(48, 32)) -> Image.Image:
+    im = Image.new("RGB", size, (255, 255, 255))
+    ImageDraw.Draw(im).ellipse([4, 4, size[0] - 5, size[1] - 5], fill=colour)
+    return im
+
+
+@pytest.fixture(scope="session")
+def items() -> list[PromptItem]:
+    """Four prompts of different lengths, image sizes and contexts (batching, padding, geometry)."""
+    return [
+        PromptItem(QUESTION, CONTEXTS[0], _circle((220, 30, 30))),
+        PromptItem("What colour is the circle ?", CONTEXTS[1], _circle((30, 60, 220), (32, 32))),
+        PromptItem(QUESTION, CONTEXTS[2], _circle((30, 200, 30), (40, 40))),
+        PromptItem("What colour ?", CONTEXTS[3], _circle((150, 30, 200), (32, 48))),
+    ]
+
+
+@pytest.fixture(scope="session")
+def circle_item():
+    """`circle_item(rgb)`: the first prompt of `items` with a circle of another colour."""
+    return lambda colour: PromptItem(QUESTION, CONTEXTS[0], _circle(colour))
+
+
+def _layer0_input(vlm, inputs):
+    out = []
+    vlm.adapter.reset_state(vlm.model)
+    with torch.no_grad(), vlm.nn.trace(**inputs):
+        out.append(vlm.envoy_layers()[0].input.save())
+    return out[0]
+
+
+@pytest.fixture(scope="session")
+def layer0_input():
+    """`layer0_input(vlm, inputs)`: the input of decoder layer 0 (the embeddings, image features merged)."""
+    return _layer0_input
