@@ -2,6 +2,8 @@
 
 import logging as _logging
 
+from interp.exports import lazy_exports
+
 
 class _QuietTorchvisionFallback(_logging.Filter):
     """Drop transformers' notice that an image processor falls back to its PIL version.
@@ -41,10 +43,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'hooks' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -1,5 +1,7 @@
 """modality-lens analysis package: pure functions over arrays (no transformers, no nnsight)."""
 
+from interp.exports import lazy_exports
+
 __version__ = "0.1.0"
 
 # The public surface, imported on first use (PEP 562).
@@ -13,15 +15,11 @@ _EXPORTS = {
     "summarise_oscillations": "interp.oscillation",
     "candidate_pair": "interp.candidates", "trajectory_from_logits": "interp.logit_lens",
     "trajectories": "interp.logit_lens",
-    "summarise": "interp.summary",
+    "summarise": "interp.summary", "SteeringReport": "interp.steering",
+    "PASSES": "interp.vocabulary", "LABELS": "interp.vocabulary", "LAYER_CLASSES": "interp.vocabulary",
+    "CONTROLS": "interp.vocabulary", "normalise_answer": "interp.vocabulary",
     "CaseError": "interp.errors", "ModalityLensError": "interp.errors",
 }
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'interp' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

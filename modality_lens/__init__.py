@@ -6,6 +6,7 @@ Imports run one way: `modality_lens -> hooks -> interp`.
 """
 
 from interp import __version__
+from interp.exports import lazy_exports
 
 # The public surface, imported on first use (PEP 562) so `import modality_lens` stays light.
 _EXPORTS = {
@@ -18,10 +19,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'modality_lens' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
