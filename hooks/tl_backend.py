@@ -69,7 +69,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from hooks.adapters import Adapter
+from hooks.adapters import ADAPTERS, Adapter
+from hooks.prompts import PassBatch
+from hooks.taps import accepts_logits_to_keep, check_required_inputs
 from interp.errors import UnsupportedModelError
 
 if TYPE_CHECKING:
@@ -226,8 +228,6 @@ def bridge_for(vlm: "VLM", *, mode: str = "auto") -> "TransformerBridge":
 
 
 def _our_classes() -> set[str]:
-    from hooks.adapters import ADAPTERS
-
     return set(ADAPTERS)
 
 
@@ -238,9 +238,6 @@ def _tl_version() -> str:
 
 
 def _split_inputs(vlm: "VLM", inputs: Mapping[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-    from hooks.prompts import PassBatch
-    from hooks.taps import check_required_inputs  # the same refusal of incomplete inputs as hooks.taps
-
     if isinstance(inputs, PassBatch):
         inputs = inputs.inputs
     check_required_inputs(vlm, inputs)
@@ -264,7 +261,6 @@ def tl_lens(vlm: "VLM", inputs: Mapping[str, Any], bridge: "TransformerBridge | 
     if type(hf_model).__name__ != vlm.adapter.model_class or bridge.cfg.n_layers != vlm.n_layers:
         raise ValueError(f"this bridge wraps a {type(hf_model).__name__} with {bridge.cfg.n_layers} blocks, "
                          f"not this VLM's {vlm.adapter.model_class} with {vlm.n_layers} layers")
-    from hooks.taps import accepts_logits_to_keep
 
     input_ids, rest = _split_inputs(vlm, inputs)
     vlm.adapter.reset_state(hf_model)

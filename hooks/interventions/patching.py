@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm import tqdm
 
 from hooks.interventions.groups import GROUPS, PositionMap, map_positions
 from hooks.interventions.readouts import AnswerReadout, InterventionResult, readout
@@ -153,7 +154,6 @@ def patching_sweep(
     `map_positions`); an empty group (e.g. "image" in two text-only passes) leaves the target
     unchanged.
     """
-    from tqdm import tqdm
 
     site = _site(site)
     source, target = _with_prefix(source, pairs), _with_prefix(target, pairs)

@@ -25,7 +25,10 @@ from hooks.interventions.trace import (PatchingError, _index, _layers, _Plan, _t
                                        _Write)
 from hooks.prompts import PassBatch, PromptItem
 from interp.candidates import CandidatePair
+from interp.curves import fit_following
+from interp.following import tfr_vfr
 from interp.steering import SteeringReport, SteeringRow
+from interp.uncertainty import dh_rel as relative_uncertainty
 
 if TYPE_CHECKING:
     from hooks.loading import VLM
@@ -125,9 +128,6 @@ def steering_effects(
 ) -> list[SteeringReport]:
     """`steering_effect` for several layer windows at once (one report per window, in order):
     the unsteered unimodal passes are run once and shared."""
-    from interp.curves import fit_following
-    from interp.following import tfr_vfr
-    from interp.uncertainty import dh_rel as relative_uncertainty
 
     if len(items) != len(pairs):
         raise PatchingError(f"need one candidate pair per item: {len(pairs)} != {len(items)}")

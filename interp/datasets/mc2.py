@@ -32,6 +32,7 @@ from typing import Any
 from PIL import Image
 
 from interp.datasets.case import Case
+from interp.datasets.validate import validate
 from interp.errors import CaseError, DatasetError
 from interp.vocabulary import normalise_answer
 
@@ -117,8 +118,6 @@ def _candidates(answer: str, extra: Any, other: set[str]) -> tuple[str, ...]:
 
 def load_mc2(json_path: str | Path, image_dir: str | Path, skip_missing: bool = False) -> Mc2Import:
     """Read an MC²-format file and resolve its images in ``image_dir``; see the module doc."""
-    from interp.datasets.validate import validate
-
     json_path, image_dir = Path(json_path), Path(image_dir)
     items = _read_items(json_path)
     index = _index_images(image_dir)
