@@ -16,7 +16,7 @@ change of logit(text) - logit(vision) at the answer position is recorded. Writes
 `patching.png` (mean change, and share of the source-target gap moved), `patching.json` and
 `patching.npz` (per case: batch x group x layer) under `--out`.
 
-**Effects** (`--effects`), the measurements of issue 8, printed and written to `effects.json`:
+**Effects** (`--effects`): the causal checks, printed and written to `effects.json`:
 
 1. image swap: patching the image span from the donor case raises the probability of the
    donor's image colour at the answer position: share of cases and mean change of

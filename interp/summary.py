@@ -52,7 +52,7 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "n_cases", "n_conflict", "n_kept", "tfr", "vfr", "balance_point", "balance_point_ci",
     "isotonic_balance_point", "spearman_rho", "oscillation", "tiers",
 )
-"""Top-level keys every summary.json has (issue 7)."""
+"""Top-level keys every summary.json has (tests and the report rely on them)."""
 
 CI_LEVEL = 0.95
 

@@ -28,7 +28,7 @@ the text's colour against the image, except under an explicit instruction):
 
 So the model can learn how far to trust each modality at each difficulty; what it does when
 they disagree without an instruction is not taught by any rule, it follows from what it
-learned about reliability (issue 12; `conflict_share > 0` breaks this on purpose, for
+learned about reliability (`conflict_share > 0` breaks this on purpose, for
 experiments: docs/interventions.md has what one such model did). The instructed share gives
 the model a real "follow the text" / "follow the image" distinction, so that MC²-style
 steering directions (estimated from those instructions,
