@@ -128,7 +128,6 @@ def steering_effects(
 ) -> list[SteeringReport]:
     """`steering_effect` for several layer windows at once (one report per window, in order):
     the unsteered unimodal passes are run once and shared."""
-
     if len(items) != len(pairs):
         raise PatchingError(f"need one candidate pair per item: {len(pairs)} != {len(items)}")
     if batch_size is not None and batch_size < 1:
