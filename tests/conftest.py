@@ -13,7 +13,8 @@ CONTEXTS = ["The circle is blue .", "The circle 's colour is the same as a ripe 
             "It is purple ."]
 
 
-def _circle(colour, size=(48, 32)) -> Image.Image:
+def circle(colour, size=(48, 32)) -> Image.Image:
+    """A filled circle of `colour` on white (the prompts' images; also built into module constants)."""
     im = Image.new("RGB", size, (255, 255, 255))
     ImageDraw.Draw(im).ellipse([4, 4, size[0] - 5, size[1] - 5], fill=colour)
     return im
@@ -23,17 +24,17 @@ def _circle(colour, size=(48, 32)) -> Image.Image:
 def items() -> list[PromptItem]:
     """Four prompts of different lengths, image sizes and contexts (batching, padding, geometry)."""
     return [
-        PromptItem(QUESTION, CONTEXTS[0], _circle((220, 30, 30))),
-        PromptItem("What colour is the circle ?", CONTEXTS[1], _circle((30, 60, 220), (32, 32))),
-        PromptItem(QUESTION, CONTEXTS[2], _circle((30, 200, 30), (40, 40))),
-        PromptItem("What colour ?", CONTEXTS[3], _circle((150, 30, 200), (32, 48))),
+        PromptItem(QUESTION, CONTEXTS[0], circle((220, 30, 30))),
+        PromptItem("What colour is the circle ?", CONTEXTS[1], circle((30, 60, 220), (32, 32))),
+        PromptItem(QUESTION, CONTEXTS[2], circle((30, 200, 30), (40, 40))),
+        PromptItem("What colour ?", CONTEXTS[3], circle((150, 30, 200), (32, 48))),
     ]
 
 
 @pytest.fixture(scope="session")
 def circle_item():
     """`circle_item(rgb)`: the first prompt of `items` with a circle of another colour."""
-    return lambda colour: PromptItem(QUESTION, CONTEXTS[0], _circle(colour))
+    return lambda colour: PromptItem(QUESTION, CONTEXTS[0], circle(colour))
 
 
 def _layer0_input(vlm, inputs):

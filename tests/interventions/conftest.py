@@ -12,22 +12,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 from hooks.loading import load_vlm
 from hooks.prompts import PromptItem
 from hooks.tiny import tiny_model
 from interp.candidates import candidate_pair
+from tests.conftest import QUESTION
+from tests.conftest import circle as _image
 
 FAMILIES = ("llava", "qwen2_5_vl", "gemma3", "paligemma2")
-QUESTION = "What colour is the circle ? Please use one word to answer this question ."
-
-
-def _image(colour, size=(48, 32)) -> Image.Image:
-    im = Image.new("RGB", size, (255, 255, 255))
-    ImageDraw.Draw(im).ellipse([4, 4, size[0] - 5, size[1] - 5], fill=colour)
-    return im
-
 
 RED, BLUE, GREEN, PURPLE = (220, 30, 30), (30, 60, 220), (30, 200, 30), (150, 30, 200)
 # Source and target rows share their layout (same question, contexts of 5 words, same image size).
