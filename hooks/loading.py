@@ -19,16 +19,19 @@ import torch
 from nnsight import NNsight
 
 from hooks.adapters import Adapter, adapter_for, get_module
+from hooks.hub import hub_class
+from hooks.processors import load_processor
 from hooks.prompts import PassBatch, PromptItem, build_passes
 from hooks.taps import lens
-from interp.errors import ModalityLensError, SelfCheckError, UnsupportedModelError
+from interp.errors import ArgumentError, ModelSourceError, SelfCheckError, UnsupportedModelError
 from interp.vocabulary import PASSES
 
-__all__ = ["VLM", "SelfCheckReport", "ModelSourceError", "load_vlm", "parse_dtype", "sample_items"]
+__all__ = ["VLM", "SelfCheckReport", "ModelSourceError", "LoadNote", "load_vlm", "parse_device", "parse_dtype",
+           "sample_items"]
 
 
-class ModelSourceError(ModalityLensError):
-    """The model source (directory, hub id) cannot be loaded as asked."""
+class LoadNote(UserWarning):
+    """Something a user should know about how a model was loaded (e.g. a processor built for images only)."""
 
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -73,6 +76,7 @@ class VLM:
     adapter: Adapter
     source: str = "<in-memory>"
     self_check_report: SelfCheckReport | None = None
+    notes: tuple[str, ...] = ()
     nn: NNsight = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -112,9 +116,36 @@ class VLM:
         built = build_passes(self.processor, self.adapter, self.image_token_id, items, passes)
         return {k: v.to(self.device, self.dtype) for k, v in built.items()}
 
+    @property
+    def vocab_size(self) -> int:
+        """Width of the lens (the unembedding's output size)."""
+        weight = getattr(self.unembedding, "weight", None)
+        if weight is not None:
+            return int(weight.shape[0])
+        return int(self.model.config.get_text_config().vocab_size)
+
     def lens(self, inputs: Any, **kwargs: Any):
-        """`hooks.taps.lens` on this model; `inputs` is a PassBatch or a dict of tensors."""
+        """`hooks.taps.lens` on this model; `inputs` is a PassBatch or a dict of tensors.
+
+        Raises:
+            ArgumentError: `candidate_ids` outside the vocabulary, or `top_k` not in 1..vocab.
+        """
+        self._check_lens_arguments(kwargs.get("candidate_ids"), kwargs.get("top_k", 1))
         return lens(self, inputs.inputs if isinstance(inputs, PassBatch) else inputs, **kwargs)
+
+    def _check_lens_arguments(self, candidate_ids: Any, top_k: Any) -> None:
+        vocab = self.vocab_size
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= vocab:
+            raise ArgumentError(f"top_k={top_k!r}: give an integer from 1 to the vocabulary size, {vocab}")
+        if candidate_ids is None:
+            return
+        ids = torch.as_tensor(candidate_ids).flatten()
+        if ids.is_floating_point() or ids.dtype == torch.bool:
+            raise ArgumentError(f"candidate_ids must be integer token ids, got {ids.dtype}")
+        bad = ids[(ids < 0) | (ids >= vocab)]
+        if bad.numel():
+            raise ArgumentError(f"candidate_ids {bad[:5].tolist()} are outside the vocabulary (ids 0-{vocab - 1}); "
+                             "take them from this model's tokenizer")
 
     def self_check(self) -> SelfCheckReport:
         """Compare the last layer's lens with the model's logits on a left-padded sample batch."""
@@ -162,10 +193,40 @@ def _finish(vlm: VLM, self_check: bool) -> VLM:
     return vlm
 
 
-def _place(model: Any, device: str | torch.device | None, dtype: torch.dtype | str | None) -> Any:
+def parse_device(device: str | torch.device | None) -> torch.device | None:
+    """None (CUDA when available, else the CPU), or a device this machine has.
+
+    Raises:
+        ModelSourceError: an unknown device name, or CUDA / MPS asked for where there is none.
+    """
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model.to(device)
+        return None
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelSourceError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps "
+                               "(or leave --device out: CUDA when available, else the CPU)") from None
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise ModelSourceError(f"device {device!r}: CUDA is not available on this machine (torch "
+                                   f"{torch.__version__} is {build}); use --device cpu, or leave --device out")
+        if chosen.index is not None and chosen.index >= count:
+            raise ModelSourceError(f"device {device!r}: this machine has {count} CUDA device(s), numbered "
+                                   f"0-{count - 1}; choose one of them")
+    elif chosen.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ModelSourceError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
+    elif chosen.type not in ("cpu", "cuda", "mps"):
+        raise ModelSourceError(f"device {device!r} is not supported here; use cpu, cuda, cuda:N or mps")
+    return chosen
+
+
+def _place(model: Any, device: str | torch.device | None, dtype: torch.dtype | str | None) -> Any:
+    chosen = parse_device(device)
+    if chosen is None:
+        chosen = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(chosen)
     if isinstance(dtype, torch.dtype):
         model = model.to(dtype)
     return model.eval()
@@ -178,8 +239,68 @@ def _class_name_from_config(config: dict, where: str) -> str:
     return names[0]
 
 
+def _check_weights(path: Path) -> None:
+    """Every safetensors file of a directory must open: a header that parses, tensors it covers.
+
+    safetensors' own reader checks the header and that the file is as long as the header says,
+    without reading the tensors.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as weights:
+                weights.keys()
+        except (SafetensorError, OSError, ValueError) as err:
+            size = file.stat().st_size
+            raise ModelSourceError(
+                f"{file} is not a readable safetensors file ({size:,} bytes; {err}): it is truncated, empty or "
+                "damaged. Download it again, or save the model again with model.save_pretrained(dir)") from None
+
+
+def _load_weights(model_cls: Any, location: str, kwargs: dict) -> Any:
+    from transformers import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hf_logging.set_verbosity_error()  # the load report is worded below instead
+            return model_cls.from_pretrained(location, **kwargs)
+    except (OSError, EnvironmentError) as err:
+        raise ModelSourceError(f"could not load model weights from {location}: {err}") from None
+    except (RuntimeError, ValueError) as err:
+        text = str(err)
+        if "mismatch" in text or "size" in text:
+            raise ModelSourceError(
+                f"the weights in {location} do not have the shapes its config.json asks for (the config and the "
+                "weights come from different models, or config.json was edited): put the config.json saved with "
+                "these weights back, or download the model again") from None
+        raise ModelSourceError(f"could not load model weights from {location} ({type(err).__name__}: "
+                               f"{text.splitlines()[0] if text else ''}); download or save the model again") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _processor(location: str, model_type: str | None, trust_remote_code: bool, hub: dict) -> tuple[Any, tuple]:
+    from transformers.processing_utils import ProcessorMixin
+
+    try:
+        processor, notes = load_processor(location, model_type, trust_remote_code=trust_remote_code, **hub)
+    except Exception as err:  # transformers raises many kinds here
+        raise ModelSourceError(
+            f"{location} has no usable processor ({type(err).__name__}: {err}); save the processor next to the "
+            "model with processor.save_pretrained(dir)") from None
+    if not isinstance(processor, ProcessorMixin) or getattr(processor, "image_processor", None) is None:
+        raise ModelSourceError(
+            f"{location}: the saved processor gave a {type(processor).__name__}, which handles no images (its "
+            "processor_config.json is missing or names a class this transformers does not have); save the "
+            "processor next to the model with processor.save_pretrained(dir)")
+    return processor, notes
+
+
 def _load_pretrained(location: str, class_name: str, adapter: Adapter | None, dtype: Any,
-                     trust_remote_code: bool) -> tuple[Any, Any, Adapter]:
+                     trust_remote_code: bool, hub: dict) -> tuple[Any, Any, Adapter, tuple[str, ...]]:
     import transformers
 
     chosen = adapter_for(class_name, adapter)
@@ -190,22 +311,57 @@ def _load_pretrained(location: str, class_name: str, adapter: Adapter | None, dt
                 f"{class_name} is not a transformers class; if the checkpoint ships its own code, pass "
                 "trust_remote_code=True (--trust-remote-code) after reading that code")
         model_cls = transformers.AutoModelForImageTextToText
-    kwargs: dict[str, Any] = dict(use_safetensors=True, trust_remote_code=trust_remote_code)
+    kwargs: dict[str, Any] = dict(use_safetensors=True, trust_remote_code=trust_remote_code, **hub)
     if dtype is not None:
         kwargs["dtype"] = dtype
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = model_cls.from_pretrained(location, **kwargs)
-    except (OSError, EnvironmentError) as err:
-        raise ModelSourceError(f"could not load model weights from {location}: {err}") from None
-    try:
-        processor = transformers.AutoProcessor.from_pretrained(location, trust_remote_code=trust_remote_code)
-    except Exception as err:  # transformers raises many kinds here
+    model = _load_weights(model_cls, location, kwargs)
+    processor, notes = _processor(location, getattr(model.config, "model_type", None), trust_remote_code, hub)
+    return model, processor, chosen, notes
+
+
+def _directory_class(path: Path, adapter: Adapter | None) -> str:
+    """The model class a saved directory names, after checking it holds readable safetensors."""
+    if not path.is_dir():
+        raise ModelSourceError(f"{path} is a file; give the directory that holds config.json and the weights")
+    config_file = path / "config.json"
+    if not config_file.is_file():
         raise ModelSourceError(
-            f"{location} has no usable processor ({type(err).__name__}: {err}); save the processor next to the "
-            "model with processor.save_pretrained(dir)") from None
-    return model, processor, chosen
+            f"{path} has no config.json: not a model saved with save_pretrained (or a wrong directory)")
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelSourceError(f"{config_file} is not valid JSON ({err}); save the model again") from None
+    if not isinstance(config, dict):
+        raise ModelSourceError(f"{config_file} holds no JSON object; save the model again")
+    class_name = _class_name_from_config(config, str(path))
+    adapter_for(class_name, adapter)  # refuse an unsupported class before reading any weights
+    if not any(path.glob("*.safetensors")):
+        found = ", ".join(sorted(p.name for p in path.glob("*.bin"))) or "none"
+        raise ModelSourceError(
+            f"{path} holds no .safetensors weights (found: {found}); only safetensors are loaded. Convert with "
+            "model.save_pretrained(dir, safe_serialization=True) in a trusted environment")
+    _check_weights(path)
+    return class_name
+
+
+def _in_memory(source: Any, device: Any, dtype: Any, adapter: Adapter | None, self_check: bool) -> VLM:
+    if len(source) != 2:
+        raise ModelSourceError("an in-memory source is a (model, processor) pair")
+    model, processor = source
+    chosen = adapter_for(model, adapter)
+    vlm = VLM(_place(model, device, dtype), processor, chosen, f"<in-memory {type(model).__name__}>")
+    return _finish(vlm, self_check)
+
+
+def _tiny(text: str, device: Any, dtype: Any, adapter: Adapter | None, self_check: bool) -> VLM:
+    from hooks.tiny import tiny_model
+
+    try:
+        pair = tiny_model(text.removeprefix("tiny:"))
+    except ValueError as err:
+        raise ModelSourceError(str(err)) from None
+    chosen = adapter_for(pair[0], adapter)
+    return _finish(VLM(_place(pair[0], device, dtype), pair[1], chosen, text), self_check)
 
 
 def load_vlm(
@@ -220,65 +376,32 @@ def load_vlm(
     """Load a VLM from a local directory, a hub id, an in-memory `(model, processor)` pair, or
     `"tiny:FAMILY"` (a random-weight tiny model from `hooks.tiny`, for trying things out).
 
-    Weights are read from safetensors only. `device` defaults to CUDA when available;
-    `dtype` is "float32", "bfloat16", "float16", "auto" or a torch dtype (None keeps the
-    loader's default, float32). An unknown class without `adapter` raises
+    Weights are read from safetensors only (each file's header is checked first). `device`
+    defaults to CUDA when available; `dtype` is "float32", "bfloat16", "float16", "auto" or a
+    torch dtype (None keeps the loader's default, float32). Without torchvision, a processor
+    with a video processor is built for images only (`hooks.processors`; `VLM.notes` and a
+    `LoadNote` warning say so). An unknown class without `adapter` raises
     `UnsupportedModelError` before any weights are read; a failed self-check raises
-    `SelfCheckError`.
+    `SelfCheckError`; a source that cannot be loaded (a damaged file, a device this machine
+    lacks, a hub id with no network) raises `ModelSourceError`.
     """
     dtype = parse_dtype(dtype)
+    parse_device(device)
     if isinstance(source, (tuple, list)):
-        if len(source) != 2:
-            raise ModelSourceError("an in-memory source is a (model, processor) pair")
-        model, processor = source
-        chosen = adapter_for(model, adapter)
-        vlm = VLM(_place(model, device, dtype), processor, chosen, f"<in-memory {type(model).__name__}>")
-        return _finish(vlm, self_check)
-
+        return _in_memory(source, device, dtype, adapter, self_check)
     text = str(source)
     if text.startswith("tiny:"):
-        from hooks.tiny import tiny_model
-
-        family = text.removeprefix("tiny:")
-        try:
-            pair = tiny_model(family)
-        except ValueError as err:
-            raise ModelSourceError(str(err)) from None
-        chosen = adapter_for(pair[0], adapter)
-        return _finish(VLM(_place(pair[0], device, dtype), pair[1], chosen, text), self_check)
+        return _tiny(text, device, dtype, adapter, self_check)
     path = Path(text).expanduser()
+    hub: dict[str, Any] = {}
     if path.exists():
-        if not path.is_dir():
-            raise ModelSourceError(f"{path} is a file; give the directory that holds config.json and the weights")
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise ModelSourceError(
-                f"{path} has no config.json: not a model saved with save_pretrained (or a wrong directory)")
-        try:
-            config = json.loads(config_file.read_text())
-        except json.JSONDecodeError as err:
-            raise ModelSourceError(f"{config_file} is not valid JSON ({err})") from None
-        class_name = _class_name_from_config(config, str(path))
-        adapter_for(class_name, adapter)  # refuse an unsupported class before reading any weights
-        if not any(path.glob("*.safetensors")):
-            found = ", ".join(sorted(p.name for p in path.glob("*.bin"))) or "none"
-            raise ModelSourceError(
-                f"{path} holds no .safetensors weights (found: {found}); only safetensors are loaded. Convert with "
-                "model.save_pretrained(dir, safe_serialization=True) in a trusted environment")
-        location = str(path)
+        class_name, location = _directory_class(path, adapter), str(path)
     else:
-        if text.count("/") != 1 or text.startswith((".", "/", "~")):
-            raise ModelSourceError(f"{text!r} is neither an existing directory nor a hub id of the form org/name")
-        try:
-            from transformers import AutoConfig
-
-            class_name = (AutoConfig.from_pretrained(text, trust_remote_code=trust_remote_code).architectures or [""])[0]
-        except Exception as err:
-            raise ModelSourceError(
-                f"could not fetch the config of hub model {text!r} ({type(err).__name__}: {err}); check the id, the "
-                "network, or download it and pass the local directory") from None
+        class_name, hub = hub_class(text, trust_remote_code)
         adapter_for(class_name, adapter)
         location = text
-    model, processor, chosen = _load_pretrained(location, class_name, adapter, dtype, trust_remote_code)
-    vlm = VLM(_place(model, device, dtype), processor, chosen, location)
+    model, processor, chosen, notes = _load_pretrained(location, class_name, adapter, dtype, trust_remote_code, hub)
+    for note in notes:
+        warnings.warn(f"{location}: {note}", LoadNote, stacklevel=2)
+    vlm = VLM(_place(model, device, dtype), processor, chosen, location, notes=notes)
     return _finish(vlm, self_check)

@@ -12,12 +12,11 @@ from __future__ import annotations
 import warnings
 from typing import Callable
 
-import importlib.util
-
 import torch
 import transformers as T
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-from transformers.processing_utils import ProcessorMixin
+
+from hooks.processors import HAS_TORCHVISION, PixtralProcessorPil, images_only
 
 __all__ = ["FAMILIES", "TINY_WORDS", "tiny_model", "word_tokenizer", "chat_template"]
 
@@ -106,63 +105,21 @@ def chat_template(image: str, user: str = "USER: ", assistant: str = "ASSISTANT:
     )
 
 
-HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
+def _video(proc_cls: type, vp_name: str, **settings):
+    """(`proc_cls` or its images-only form, the video processor or None, its settings).
 
-
-def _without_video(cls: type) -> type:
-    """`cls` that accepts `video_processor=None` (images only).
-
-    The stock video processors need torchvision; where it is absent (the CPU torch build
-    here has no matching torchvision) the tiny processors are built without one.
+    The stock video processors need torchvision; where it is absent (the CPU torch build here
+    has no matching torchvision) the tiny processors are built without one, and remember its
+    settings so that `save_pretrained` writes the stock layout.
     """
-    if HAS_TORCHVISION:
-        return cls
-
-    class ImagesOnly(cls):
-        def check_argument_for_proper_class(self, argument_name, argument):
-            if argument_name == "video_processor" and argument is None:
-                return None
-            return super().check_argument_for_proper_class(argument_name, argument)
-
-    ImagesOnly.__name__ = ImagesOnly.__qualname__ = cls.__name__
-    return ImagesOnly
+    video = getattr(T, vp_name)(**settings) if HAS_TORCHVISION else None
+    return images_only(proc_cls), video, {"video_processor_type": vp_name, **settings}
 
 
-def _video(build: Callable[[], object]):
-    return build() if HAS_TORCHVISION else None
-
-
-class PixtralProcessorPil(ProcessorMixin):
-    """The Pixtral/Mistral-3 token layout without torchvision (stock PixtralProcessor imports it).
-
-    An image of (H, W) after resizing becomes H/(patch*merge) rows of W/(patch*merge) `[IMG]`
-    tokens, each row closed by `[IMG_BREAK]` and the last by `[IMG_END]`, as in transformers'
-    PixtralProcessor. Used only when torchvision is not installed.
-    """
-
-    def __init__(self, image_processor=None, tokenizer=None, patch_size: int = 16, spatial_merge_size: int = 1,
-                 chat_template=None, image_token="[IMG]", image_break_token="[IMG_BREAK]",
-                 image_end_token="[IMG_END]", **kwargs):
-        super().__init__(image_processor, tokenizer, chat_template=chat_template)
-        self.patch_size, self.spatial_merge_size = patch_size, spatial_merge_size
-        self.image_token, self.image_break_token, self.image_end_token = image_token, image_break_token, image_end_token
-        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
-
-    def _process_images(self, images, **images_kwargs):
-        images_kwargs["patch_size"] = self.patch_size * self.spatial_merge_size
-        return super()._process_images(images, **images_kwargs)
-
-    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
-        step = self.patch_size * self.spatial_merge_size
-        height, width = image_inputs["image_sizes"][image_idx]
-        rows = [[self.image_token] * (int(width) // step) + [self.image_break_token]] * (int(height) // step)
-        tokens = [t for row in rows for t in row]
-        tokens[-1] = self.image_end_token
-        return "".join(tokens)
-
-    @property
-    def model_input_names(self):
-        return self.tokenizer.model_input_names + self.image_processor.model_input_names + ["image_sizes"]
+def _with_video_settings(proc, video, settings: dict):
+    if video is None:
+        proc.video_settings = settings
+    return proc
 
 
 def _text(**over) -> dict:
@@ -226,11 +183,11 @@ def _llava_onevision(size: str):
         vision_feature_select_strategy="full"))
     tok = word_tokenizer({"<image>": IMG, "<video>": IMG - 1}, {"image_token": "<image>", "video_token": "<video>"})
     ip = T.LlavaOnevisionImageProcessor(size={"height": 32, "width": 32}, image_grid_pinpoints=_PIN)
-    vp = _video(lambda: T.LlavaOnevisionVideoProcessor(size={"height": 32, "width": 32}))
-    proc = _without_video(T.LlavaOnevisionProcessor)(ip, tok, video_processor=vp, num_image_tokens=16,
-                                     vision_feature_select_strategy="full",
-                                     chat_template=chat_template("<image>\n", bos="<s>"))
-    return model, proc
+    cls, vp, settings = _video(T.LlavaOnevisionProcessor, "LlavaOnevisionVideoProcessor",
+                               size={"height": 32, "width": 32})
+    proc = cls(ip, tok, video_processor=vp, num_image_tokens=16, vision_feature_select_strategy="full",
+               chat_template=chat_template("<image>\n", bos="<s>"))
+    return model, _with_video_settings(proc, vp, settings)
 
 
 def _qwen(version: str):
@@ -256,10 +213,9 @@ def _qwen(version: str):
             model, proc_cls, vp_cls = T.Qwen3VLForConditionalGeneration(cfg), T.Qwen3VLProcessor, "Qwen3VLVideoProcessor"
         tok = word_tokenizer(_QTOK, _QNAMED)
         ip = T.Qwen2VLImageProcessor(patch_size=4, temporal_patch_size=2, merge_size=2, min_pixels=64, max_pixels=1024)
-        vp = _video(lambda: getattr(T, vp_cls)(patch_size=4, temporal_patch_size=2, merge_size=2))
-        proc = _without_video(proc_cls)(ip, tok, video_processor=vp,
-                        chat_template=chat_template("<|vision_start|><|image_pad|><|vision_end|>"))
-        return model, proc
+        cls, vp, settings = _video(proc_cls, vp_cls, patch_size=4, temporal_patch_size=2, merge_size=2)
+        proc = cls(ip, tok, video_processor=vp, chat_template=chat_template("<|vision_start|><|image_pad|><|vision_end|>"))
+        return model, _with_video_settings(proc, vp, settings)
     return build
 
 
@@ -334,10 +290,9 @@ def _internvl(size: str):
                          {"context_image_token": "<IMG_CONTEXT>", "start_image_token": "<img>",
                           "end_image_token": "</img>", "video_token": "<video>"})
     ip = T.GotOcr2ImageProcessor(size={"height": 32, "width": 32}, crop_to_patches=True, min_patches=1, max_patches=2)
-    vp = _video(lambda: T.InternVLVideoProcessor(size={"height": 32, "width": 32}))
-    proc = _without_video(T.InternVLProcessor)(ip, tok, video_processor=vp, image_seq_length=4,
-                               chat_template=chat_template("<IMG_CONTEXT>\n"))
-    return model, proc
+    cls, vp, settings = _video(T.InternVLProcessor, "InternVLVideoProcessor", size={"height": 32, "width": 32})
+    proc = cls(ip, tok, video_processor=vp, image_seq_length=4, chat_template=chat_template("<IMG_CONTEXT>\n"))
+    return model, _with_video_settings(proc, vp, settings)
 
 
 def _mistral3(size: str):

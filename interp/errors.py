@@ -7,12 +7,20 @@ class ModalityLensError(Exception):
     """Base class of every error this toolkit raises on purpose."""
 
 
+class ArgumentError(ModalityLensError, ValueError):
+    """An argument (a CLI option or an API keyword) is of the wrong type or out of range."""
+
+
 class CaseError(ModalityLensError, ValueError):
     """A conflict case (or its answers) is malformed: the message names the rule that failed."""
 
 
 class UnsupportedModelError(ModalityLensError):
     """A model class has no adapter: the message lists the supported classes and how to add one."""
+
+
+class ModelSourceError(ModalityLensError):
+    """The model source (directory, hub id, device) cannot be loaded as asked."""
 
 
 class SelfCheckError(ModalityLensError):

@@ -17,17 +17,20 @@ from typing import Any, Sequence
 
 from hooks.prompts import PromptItem
 from interp.candidates import CandidatePair, candidate_pair
+from interp.datasets.cli import DEFAULT_N_PER_CELL
 from interp.datasets.colour import colour_cases
 from interp.datasets.shapes import shape_cases
 from interp.datasets.storage import dataset_info, load_dataset
 from interp.datasets.text import INSTRUCTION
-from interp.errors import CaseError
+from interp.datasets.validate import validate
+from interp.errors import CaseError, DatasetError
+from modality_lens.arguments import BUILTIN_DATASETS
+from modality_lens.shipped import auto_image_size
 
 __all__ = ["case_item", "case_pair", "case_pairs", "auto_image_size", "builtin_cases", "load_cases",
            "BUILTIN_DATASETS", "BUILTIN_N_PER_CELL"]
 
-BUILTIN_DATASETS = ("colour", "shapes")
-BUILTIN_N_PER_CELL = 16
+BUILTIN_N_PER_CELL = DEFAULT_N_PER_CELL
 """Groups per (visual tier, text tier) cell of the built-in sets in a default run **[ours]**:
 16 x 14 x 4 x 3 = 2,688 colour cases (896 conflict + both controls), enough kept cases for a
 balance point inside the data (measured: docs/datasets.md, "The default run's size")."""
@@ -58,26 +61,6 @@ def case_pairs(tokenizer: Any, cases: Sequence[Any]) -> list[CandidatePair]:
     return [case_pair(tokenizer, case) for case in cases]
 
 
-def auto_image_size(processor: Any) -> int | None:
-    """**[ours]** Draw built-in scenes at the model's own input size when it is square and at most
-    224 px (small models would otherwise see a centre crop of an 800x600 scene), else at the
-    paper's sizes (None)."""
-    ip = getattr(processor, "image_processor", None)
-
-    def field(size: Any, key: str) -> Any:  # a dict, or transformers' SizeDict (attributes)
-        return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
-
-    for size in (getattr(ip, "crop_size", None), getattr(ip, "size", None)):
-        if size is None:
-            continue
-        h, w = field(size, "height"), field(size, "width")
-        if h is None and w is None and field(size, "shortest_edge"):
-            h = w = field(size, "shortest_edge")
-        if h and w:
-            return int(h) if h == w and h <= 224 else None
-    return None
-
-
 def builtin_cases(name: str, *, seed: int, n_per_cell: int, image_size: int | None) -> tuple[list[Any], dict]:
     """(cases, dataset record for run.json) of a built-in set."""
     generate = {"colour": colour_cases, "shapes": shape_cases}[name]
@@ -97,10 +80,26 @@ def builtin_cases(name: str, *, seed: int, n_per_cell: int, image_size: int | No
 
 
 def load_cases(dataset: str | None, *, seed: int, n_per_cell: int, image_size: int | None) -> tuple[list[Any], dict]:
-    """Cases and their run.json record: a built-in name ("colour", "shapes") or a dataset folder."""
+    """Cases and their run.json record: a built-in name ("colour", "shapes") or a dataset folder.
+
+    Every case of a folder is held to every rule of `interp.datasets.validate` (as `modality-lens
+    dataset check` does), so a broken case stops the run before anything is written.
+
+    Raises:
+        DatasetError: the folder is unreadable, holds no cases, or a case breaks a rule.
+    """
     if dataset is None or dataset in BUILTIN_DATASETS:
         return builtin_cases(dataset or "colour", seed=seed, n_per_cell=n_per_cell, image_size=image_size)
     cases = load_dataset(dataset)
+    if not cases:
+        raise DatasetError(f"{dataset} holds no cases (its cases.jsonl is empty): nothing to run; write the "
+                           "dataset again with `modality-lens dataset ... --out FOLDER --force`")
+    for case in cases:
+        try:
+            validate(case)
+        except CaseError as err:
+            raise DatasetError(f"{dataset}: {err}. Fix that line of cases.jsonl or write the dataset again; "
+                               f"`modality-lens dataset check {dataset}` lists the rules") from None
     info = dataset_info(dataset)
     return cases, {"source": str(dataset), "parameters": info.get("parameters"), "seed": info.get("seed"),
                    "hash": info.get("content_hash"), "n_cases": len(cases)}

@@ -1,32 +1,81 @@
 """The `modality-lens` command line: run | dataset | report | check | bench.
 
 Each command imports what it runs when it runs, so `modality-lens dataset` and `modality-lens
-report` never load torch or transformers.
+report` never load torch or transformers. Every option is checked for type and range while
+the command line is parsed (`modality_lens.arguments`), so a bad value stops with exit 2 before
+a model is loaded or a file written; errors the toolkit raises on purpose
+(`interp.errors.ModalityLensError`) and failed reads and writes print one line, exit 2; Ctrl-C
+prints how to continue, exit 130. None of them prints a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from typing import Any, Callable
 
 from interp.datasets.cli import register as register_dataset
 from interp.errors import ModalityLensError
+from modality_lens import arguments as checks
+
+INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto (default: float32)")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="allow a checkpoint's own Python code (read it first)")
+def _option(check: Callable[..., Any], *names: str) -> Callable[[str], Any]:
+    """An argparse type from one of `modality_lens.arguments`' checks (its message is argparse's)."""
+
+    def parse(text: str) -> Any:
+        try:
+            return check(*names, text)
+        except ModalityLensError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = getattr(check, "__name__", "value")
+    return parse
+
+
+def _device(text: str) -> str:
+    from hooks.loading import parse_device  # imports torch: only when --device is given
+
+    try:
+        parse_device(text)
+    except ModalityLensError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _dtype(text: str) -> str:
+    from hooks.loading import parse_dtype
+
+    try:
+        parse_dtype(text)
+    except ModalityLensError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _add_model_options(parser: argparse.ArgumentParser, remote_code: bool) -> None:
+    parser.add_argument("--device", type=_device, default=None,
+                        help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--dtype", type=_dtype, default=None,
+                        help="float32, bfloat16, float16 or auto (default: float32)")
+    if remote_code:
+        parser.add_argument("--trust-remote-code", action="store_true",
+                            help="allow a checkpoint's own Python code (read it first)")
 
 
 def _check(args: argparse.Namespace) -> int:
-    from hooks.loading import load_vlm, sample_items
+    from hooks.loading import LoadNote, load_vlm, sample_items
 
-    vlm = load_vlm(args.source, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                   self_check=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LoadNote)  # printed below, once
+        vlm = load_vlm(args.source, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                       self_check=False)
     a = vlm.adapter
     print(f"model     {a.model_class} from {vlm.source}")
+    for note in vlm.notes:
+        print(f"note      {note}")
     print(f"adapter   family={a.family} layers={a.layers_path} norm={a.norm_path} unembed={a.unembed} "
           f"softcap={vlm.softcap} required_inputs={list(a.required_inputs) or '-'}")
     print(f"layers    {vlm.n_layers} decoder layers (+ embedding) on {vlm.device}, {vlm.dtype}")
@@ -46,7 +95,8 @@ def _run(args: argparse.Namespace) -> int:
 
     run_dir = run(model=args.model, dataset=args.dataset, out=args.out, batch_size=args.batch_size,
                   device=args.device, dtype=args.dtype, limit=args.limit, seed=args.seed, resume=args.resume,
-                  image_size=args.image_size, **({"n_per_cell": args.n_per_cell} if args.n_per_cell else {}))
+                  image_size=args.image_size, **({"n_per_cell": args.n_per_cell} if args.n_per_cell else {}),
+                  threads=args.threads, reuse=args.reuse)
     print(format_summary(run_dir.read_summary()))
     print(f"report: {run_dir.report_path.resolve()}")
     return 0
@@ -58,59 +108,75 @@ def _report(args: argparse.Namespace) -> int:
     return report_main(args.run_dir)
 
 
-def _image_size(text: str) -> int | str | None:
-    if text in ("auto", "paper"):
-        return None if text == "paper" else "auto"
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--image-size takes auto, paper or a number of pixels, not {text!r}")
-
-
 def _bench(args: argparse.Namespace) -> int:
     from modality_lens.bench import main as bench_main
 
     return bench_main(args.bench_args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="modality-lens",
-        description="Which modality does a vision-language model follow under conflict, and where is it decided?",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_run(sub: Any) -> None:
     run = sub.add_parser("run", help="the main job: three passes per case, records, following curve, report",
                          description="Run the vision-only, text-only and conflict passes of every case through the "
                                      "per-layer logit lens; write records, summary.json, figures and report.html.")
     run.add_argument("--model", default=None,
                      help="model directory or hub id (default: the shipped small trained VLM, data/tiny_vlm)")
-    run.add_argument("--dataset", default=None,
+    run.add_argument("--dataset", type=_option(checks.dataset_source), default=None,
                      help="a dataset folder (modality-lens dataset ...) or a built-in set: colour (default), shapes")
     run.add_argument("--out", default=None, help="run directory (default: runs/run-seed<SEED>)")
-    run.add_argument("--batch-size", type=int, default=16)
-    run.add_argument("--limit", type=int, default=None, help="only the first N cases")
-    run.add_argument("--seed", type=int, default=0,
-                     help="seeds the built-in dataset's generation and every bootstrap (default 0)")
+    run.add_argument("--batch-size", type=_option(checks.positive_int, "--batch-size"), default=16,
+                     help="cases per batch, >= 1 (default 16)")
+    run.add_argument("--limit", type=_option(checks.positive_int, "--limit"), default=None,
+                     help="only the first N cases, N >= 1")
+    run.add_argument("--seed", type=_option(checks.non_negative_int, "--seed"), default=0,
+                     help="seeds the built-in dataset's generation and every bootstrap, >= 0 (default 0)")
     run.add_argument("--resume", action="store_true", help="continue a killed run in --out")
-    run.add_argument("--n-per-cell", type=int, default=None,
-                     help="built-in sets: groups per (visual, text) tier cell (default 16)")
-    run.add_argument("--image-size", type=_image_size, default="auto",
-                     help="built-in sets: auto (the model's input size if square and <= 224 px), paper, or pixels")
-    _add_model_options(run)
+    run.add_argument("--n-per-cell", type=_option(checks.positive_int, "--n-per-cell"), default=None,
+                     help="built-in sets: groups per (visual, text) tier cell, >= 1 (default 16)")
+    run.add_argument("--image-size", type=_option(checks.image_size_option), default="auto",
+                     help="built-in sets: auto (the model's input size if square and <= 224 px), paper, or "
+                          f"pixels >= {checks.MIN_IMAGE_SIZE}")
+    run.add_argument("--no-reuse", dest="reuse", action="store_false",
+                     help="compute every pass of every case as a full forward (no deduplication, no prefix cache; "
+                          "the reference the reused computation must equal)")
+    run.add_argument("--threads", type=_option(checks.positive_int, "--threads"), default=None,
+                     help="CPU threads for torch, >= 1 (default: torch's own choice; 1 is faster on a busy machine)")
+    _add_model_options(run, remote_code=False)
     run.set_defaults(func=_run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from modality_lens.shipped import shipped_image_size
+
+    parser = argparse.ArgumentParser(
+        prog="modality-lens",
+        description="Which modality does a vision-language model follow under conflict, and where is it decided?",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
     report = sub.add_parser("report", help="redraw the figures and report.html of a run directory")
     report.add_argument("run_dir")
     report.set_defaults(func=_report)
     check = sub.add_parser("check", help="load a model, show its adapter and prompt geometry, run the self-check")
     check.add_argument("source", help="a model directory, a hub id (org/name), or tiny:FAMILY (e.g. tiny:llava)")
-    _add_model_options(check)
+    _add_model_options(check, remote_code=True)
     check.set_defaults(func=_check)
     # the benchmark parses its own options (modality_lens.bench.main); `bench --help` lists them
     bench = sub.add_parser("bench", help="time and memory of the per-layer lens vs a plain forward (mid LLaVA)",
                            add_help=False)
     bench.set_defaults(func=_bench)
-    register_dataset(sub)
+    register_dataset(sub, default_image_size=shipped_image_size)
     return parser
+
+
+def _show_notes(message, category, filename, lineno, file=None, line=None) -> None:
+    """Load notes (`hooks.loading.LoadNote`) as one line each; other warnings as Python prints them."""
+    if category.__name__ == "LoadNote":
+        print(f"modality-lens: note: {message}", file=sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,11 +186,24 @@ def main(argv: list[str] | None = None) -> int:
         args.bench_args = rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    warnings.showwarning = _show_notes
     try:
         return int(args.func(args) or 0)
     except ModalityLensError as err:
         print(f"modality-lens {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a read or write the checks could not foresee (disk full, permissions)
+        where = f" {err.filename}" if err.filename else ""
+        print(f"modality-lens {args.command}: error: could not read or write{where}: {err.strerror or err}; "
+              "free disk space or fix the permissions, then run the command again (a run continues with --resume)",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        hint = " Run the same command with --resume to continue it." if args.command == "run" else ""
+        print(f"\nmodality-lens {args.command}: interrupted.{hint}", file=sys.stderr)
+        return INTERRUPTED
+    finally:
+        warnings.showwarning = _python_showwarning
 
 
 if __name__ == "__main__":

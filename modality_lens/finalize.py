@@ -4,6 +4,10 @@ The run directory (`modality_lens.rundir`) stores; this module decides what the 
 hold: summary.json is `interp.summary.summarise` of the committed case rows with the seed of
 run.json, so it depends on the set of cases only, not on how the run was interrupted, and
 cases.parquet gets each case's ``region`` from that summary's balance point.
+
+When most cases are answered outside their candidate words in a unimodal pass (the model does
+not speak the dataset's answers, so almost nothing passes the correct-in-both filter), the
+summary's ``warnings`` say so; `modality_lens.report.format_summary` prints them.
 """
 
 from __future__ import annotations
@@ -13,7 +17,24 @@ from typing import Any
 from interp.summary import AMBIGUOUS_WIDTH, summarise, with_regions
 from modality_lens.rundir import RunDir
 
-__all__ = ["finalize"]
+__all__ = ["finalize", "OUTSIDE_SHARE"]
+
+OUTSIDE_SHARE = 0.5
+"""**[ours]** Warn when more than this share of the cases gets an answer outside its candidate
+set in the vision-only or the text-only pass."""
+
+
+def _outside_warning(cases: Any) -> list[str]:
+    rows = cases.select(["class_v", "class_t", "y_v", "y_t"]).to_pylist()
+    outside = [r for r in rows if "other" in (r["class_v"], r["class_t"])]
+    if not rows or len(outside) <= OUTSIDE_SHARE * len(rows):
+        return []
+    words = sorted({r[k] for r in outside for k, c in (("y_v", "class_v"), ("y_t", "class_t"))
+                    if r[c] == "other" and r[k]})[:5]
+    return [f"{len(outside)} of {len(rows)} cases were answered outside their candidate words in the vision-only "
+            f"or text-only pass (e.g. {', '.join(map(repr, words)) or 'empty answers'}), so few cases pass the "
+            "correct-in-both filter: this model does not answer this dataset's questions with its words. Use a "
+            "model trained or instructed for this task (the shipped model knows the colour set only)"]
 
 
 def finalize(run: RunDir, *, n_boot: int = 1000, region_width: float | None = None) -> dict[str, Any]:
@@ -23,5 +44,6 @@ def finalize(run: RunDir, *, n_boot: int = 1000, region_width: float | None = No
     cases = run.read_cases()
     layers = run.read_layers()
     summary = summarise(cases, seed=int(seed), n_boot=n_boot, region_width=width)
+    summary["warnings"] = _outside_warning(cases)
     run.write_final(with_regions(cases, summary), layers, summary)
     return summary

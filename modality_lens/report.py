@@ -94,7 +94,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     """The key numbers as a plain-text table (for the terminal)."""
     rows = key_numbers(summary)
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines + [f"warning: {w}" for w in summary.get("warnings") or []])
 
 
 def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:

@@ -223,3 +223,54 @@ def test_shape_set_is_deterministic_too(tmp_path):
     for name in "ab":
         save_dataset(shape_cases(1, 8, image_size=64), tmp_path / name, META, progress=False)
     assert _tree(tmp_path / "a") == _tree(tmp_path / "b")
+
+
+# --- image paths stay inside the folder; defaults of the generators ---------------------------
+
+
+def _point_first_line_at(folder: Path, image: str) -> None:
+    lines = (folder / "cases.jsonl").read_text().splitlines()
+    record = json.loads(lines[0])
+    record["image"] = image
+    (folder / "cases.jsonl").write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+
+
+@pytest.mark.parametrize("how", ["dotdot", "symlink", "symlinked folder", "absolute"])
+def test_an_image_path_out_of_the_folder_is_refused(tmp_path, how):
+    folder = tmp_path / "ds"
+    save_dataset(colour_cases(1, 0, **SMALL), folder, META, progress=False)
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(next((folder / "images").glob("*.png")).read_bytes())
+    if how == "dotdot":
+        _point_first_line_at(folder, "../outside.png")
+    elif how == "symlink":
+        (folder / "images" / "link.png").symlink_to(outside)
+        _point_first_line_at(folder, "images/link.png")
+    elif how == "symlinked folder":
+        (folder / "elsewhere").symlink_to(tmp_path, target_is_directory=True)
+        _point_first_line_at(folder, "elsewhere/outside.png")
+    else:
+        _point_first_line_at(folder, str(outside))
+    with pytest.raises(DatasetError, match="line 1: image .*(outside the dataset folder|absolute path)"):
+        load_dataset(folder, check_images=False)
+
+
+def test_a_symlink_that_stays_inside_the_folder_is_fine(tmp_path):
+    folder = tmp_path / "ds"
+    save_dataset(colour_cases(1, 0, **SMALL), folder, META, progress=False)
+    first = json.loads((folder / "cases.jsonl").read_text().splitlines()[0])["image"]
+    (folder / "images" / "alias.png").symlink_to(folder / first)
+    _point_first_line_at(folder, "images/alias.png")
+    assert load_dataset(folder, check_images=False)[0].image == folder / "images" / "alias.png"
+
+
+def test_dataset_generators_default_to_the_main_jobs_settings(tmp_path, capsys):
+    from modality_lens.shipped import shipped_image_size
+
+    assert main(["dataset", "shapes", "--out", str(tmp_path / "s")]) == 0
+    info = json.loads((tmp_path / "s" / "dataset.json").read_text())
+    assert info["seed"] == 0 and info["parameters"]["n_per_cell"] == 16
+    size = shipped_image_size()
+    assert size is not None and info["parameters"]["image_size"] == size
+    first = next((tmp_path / "s" / "images").glob("*.png"))
+    assert Image.open(first).size == (size, size)

@@ -77,6 +77,7 @@ BAD_CASES = {
     "ids": lambda tmp: colour_case(group_id=" "),
     "image": lambda tmp: colour_case(image=tmp / "no-such-image.png"),
     "question": lambda tmp: colour_case(question="What colour is the ball?"),
+    "context": lambda tmp: colour_case(task="mc2:color", context="  "),
     "answers": lambda tmp: colour_case(text_answer="teal", text_candidates=("teal",),
                                        context="The square is teal."),
     "answers_differ": lambda tmp: colour_case(task="mc2:color", text_answer=" Red.",

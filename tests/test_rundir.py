@@ -142,8 +142,8 @@ def test_resume_without_weights_hash_compares_the_source(tmp_path):
 def test_resume_accepts_its_own_run(tmp_path, small):
     cases, layers = small
     write_run(tmp_path / "run", cases[:10], layers, size=5).close()
-    # a moved model directory with the same weights, another batch size and device: the same run
-    info = run_info(model__source="/elsewhere/tiny_vlm", arguments__batch_size=2, device="cuda")
+    # a moved model directory with the same weights, another device: the same run
+    info = run_info(model__source="/elsewhere/tiny_vlm", device="cuda")
     with RunDir(tmp_path / "run") as run:
         kept = run.create(info, resume=True)
         assert run.done_case_ids() == {c["case_id"] for c in cases[:10]}
@@ -256,7 +256,7 @@ class _Killed(BaseException):
 def test_kill_at_every_step_of_an_append(tmp_path, small, monkeypatch, kill_before_step):
     """Steps of one append: (1) write layers temp, (2) rename it, (3) write cases temp, (4) rename it;
     1 and 3 are torn halfway, 5 kills after the commit, 6-7 during the next append."""
-    import modality_lens.rundir as records
+    import modality_lens.atomic as records  # where the chunk files are written
 
     cases, layers = small
     a, b, c = cases[:5], cases[5:9], cases[9:12]

@@ -1,9 +1,15 @@
-"""``modality-lens dataset colour | shapes | mc2 | check``: write or check a dataset folder."""
+"""``modality-lens dataset colour | shapes | mc2 | check``: write or check a dataset folder.
+
+The generators default to the main job's settings: ``--n-per-cell 16 --seed 0``, images drawn
+at the size the caller's ``default_image_size`` gives (the shipped model's input size in the
+``modality-lens`` command), or the paper's sizes with ``--image-size paper``.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Callable
 
 from interp.datasets.colour import colour_cases, generator_parameters
 from interp.datasets.mc2 import load_mc2
@@ -13,8 +19,15 @@ from interp.datasets.validate import validate
 from interp.errors import CaseError, DatasetError
 
 
-def _image_size(text: str) -> int | tuple[int, int]:
-    """``"224"`` -> 224, ``"320x240"`` -> (320, 240)."""
+DEFAULT_N_PER_CELL = 16
+"""Groups per (visual tier, text tier) cell when ``--n-per-cell`` is not given (the main job's
+default too: ``modality_lens.cases.BUILTIN_N_PER_CELL``)."""
+
+
+def _image_size(text: str) -> int | tuple[int, int] | str | None:
+    """``"224"`` -> 224, ``"320x240"`` -> (320, 240), ``"paper"`` -> None, ``"auto"`` kept."""
+    if text in ("auto", "paper"):
+        return None if text == "paper" else "auto"
     try:
         parts = [int(p) for p in text.lower().split("x")]
     except ValueError:
@@ -23,7 +36,7 @@ def _image_size(text: str) -> int | tuple[int, int]:
         return parts[0]
     if len(parts) == 2 and min(parts) >= 32:
         return parts[0], parts[1]
-    raise argparse.ArgumentTypeError(f"expected N or WxH with sides >= 32, got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected auto, paper, N or WxH with sides >= 32, got {text!r}")
 
 
 def _tier_list(text: str) -> list[int]:
@@ -38,11 +51,22 @@ def _tier_list(text: str) -> list[int]:
     return tiers
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+def _integer(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < least:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text!r}")
     return value
+
+
+def _non_negative(text: str) -> int:
+    return _integer(text, 0)
+
+
+def _positive(text: str) -> int:
+    return _integer(text, 1)
 
 
 def _add_output(parser: argparse.ArgumentParser) -> None:
@@ -53,11 +77,13 @@ def _add_output(parser: argparse.ArgumentParser) -> None:
 
 def _add_generator(parser: argparse.ArgumentParser, n_visual: int) -> None:
     _add_output(parser)
-    parser.add_argument("--n-per-cell", type=_non_negative, required=True,
-                        help="groups, i.e. conflict cases per (visual tier, text tier) cell")
-    parser.add_argument("--seed", type=_non_negative, required=True)
-    parser.add_argument("--image-size", type=_image_size, default=None,
-                        help="N or WxH for every tier (default: the paper's sizes)")
+    parser.add_argument("--n-per-cell", type=_positive, default=DEFAULT_N_PER_CELL,
+                        help=f"groups, i.e. conflict cases per (visual tier, text tier) cell (default "
+                             f"{DEFAULT_N_PER_CELL}, as in `modality-lens run`)")
+    parser.add_argument("--seed", type=_non_negative, default=0, help="default 0, as in `modality-lens run`")
+    parser.add_argument("--image-size", type=_image_size, default="auto",
+                        help="auto (default: the shipped model's input size), paper (the paper's sizes), "
+                             "or N or WxH for every tier")
     parser.add_argument("--visual-tiers", type=_tier_list, default=list(range(n_visual)),
                         help=f"e.g. 0-4,7 (default 0-{n_visual - 1})")
     parser.add_argument("--text-tiers", type=_tier_list, default=[0, 1, 2, 3],
@@ -66,9 +92,14 @@ def _add_generator(parser: argparse.ArgumentParser, n_visual: int) -> None:
                         help="leave out the text-irrelevant and image-irrelevant controls")
 
 
-def register(subparsers) -> argparse.ArgumentParser:
-    """Add ``dataset`` and its subcommands to the top-level CLI."""
+def register(subparsers, default_image_size: Callable[[], int | None] | None = None) -> argparse.ArgumentParser:
+    """Add ``dataset`` and its subcommands to the top-level CLI.
+
+    ``default_image_size()`` gives the size ``--image-size auto`` stands for (None, or no
+    callable: the paper's sizes); it is called only when a generator runs.
+    """
     parser = subparsers.add_parser("dataset", help="generate, import or check a conflict dataset")
+    parser.set_defaults(default_image_size=default_image_size)
     sub = parser.add_subparsers(dest="dataset_command", required=True)
 
     colour = sub.add_parser("colour", help="the colour-recognition set (14 visual x 4 text tiers)")
@@ -95,6 +126,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def _run_generator(args: argparse.Namespace) -> int:
     check_output_folder(args.out, args.force)  # fail before any work is done
+    if args.image_size == "auto":
+        args.image_size = args.default_image_size() if args.default_image_size else None
     controls = not args.no_controls
     make = colour_cases if args.generator == "colour" else shape_cases
     try:

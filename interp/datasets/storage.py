@@ -10,7 +10,8 @@ byte-identical folder.
 
 Writing is all-or-nothing: everything goes to a hidden sibling folder first, which is
 renamed into place only when complete, so a crash never leaves a folder that looks like a
-finished dataset (and never touches what was there before).
+finished dataset (and never touches what was there before). The hidden folders a killed write
+leaves behind are cleaned up by the next write to the same place.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def save_dataset(
     for key in ("generator", "parameters", "seed"):
         if key not in meta:
             raise ValueError(f"meta needs {key!r}")
+    _remove_leftovers(Path(folder).absolute())
     folder = check_output_folder(folder, overwrite).absolute()
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
@@ -100,6 +102,23 @@ def save_dataset(
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return info
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Clean up after a write that was killed: remove the hidden ``.NAME.partial-*`` folders left
+    beside ``folder``; a ``.NAME.old-*`` folder (the previous dataset, moved aside just before
+    the new one was renamed into place) is put back when ``folder`` is missing, else removed."""
+    if not folder.parent.is_dir():
+        return
+    for leftover in sorted(folder.parent.glob(f".{folder.name}.old-*")):
+        if leftover.is_dir() and not leftover.is_symlink():
+            if not folder.exists():
+                leftover.rename(folder)
+            else:
+                shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in folder.parent.glob(f".{folder.name}.partial-*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _write(cases, partial: Path, meta, total, progress) -> dict[str, Any]:
@@ -206,11 +225,67 @@ def _list_ids(ids: list[str], limit: int = 20) -> str:
     return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+# key -> (test, what it must be) for each cases.jsonl value
+_RECORD_TYPES: dict[str, tuple[Any, str]] = {
+    "id": (_is_text, "a non-empty string"),
+    "group_id": (_is_text, "a non-empty string"),
+    "image": (_is_text, "the image's path inside the dataset folder (a non-empty string)"),
+    "question": (_is_text, "a non-empty string"),
+    "context": (_is_text, "a non-empty string"),
+    "image_answer": (_is_text, "a non-empty string"),
+    "text_answer": (_is_text, "a non-empty string"),
+    "image_candidates": (lambda v: isinstance(v, list) and bool(v) and all(_is_text(c) for c in v),
+                         "a non-empty list of strings"),
+    "text_candidates": (lambda v: isinstance(v, list) and bool(v) and all(_is_text(c) for c in v),
+                        "a non-empty list of strings"),
+    "visual_tier": (lambda v: v is None or _is_int(v), "an integer or null"),
+    "text_tier": (lambda v: v is None or _is_int(v), "an integer or null"),
+    "control": (lambda v: v is None or isinstance(v, str), "null, \"text_irrelevant\" or \"image_irrelevant\""),
+    "target_box": (lambda v: v is None or (isinstance(v, list) and len(v) == 4 and all(_is_int(x) for x in v)),
+                   "null or [x0, y0, x1, y1] integers"),
+    "seed": (lambda v: v is None or _is_int(v), "an integer or null"),
+    "task": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _record_problem(record: dict[str, Any]) -> str | None:
+    """What is wrong with the types of a cases.jsonl line (None: nothing)."""
+    for key, (test, what) in _RECORD_TYPES.items():
+        if key in record and not test(record[key]):
+            return f"{key} must be {what}, not {json.dumps(record[key])}"
+    return None
+
+
+def _image_outside(image: str, folder: Path) -> str | None:
+    """Why an image path does not stay inside the dataset folder (None: it does).
+
+    The path must be relative and, with every symlink resolved, lie inside the folder, so a
+    dataset can never make a run read a file outside its own folder.
+    """
+    if Path(image).is_absolute() or Path(image).drive:
+        return f"image {image!r} is an absolute path; image paths are relative to the dataset folder"
+    root = folder.resolve()
+    target = (root / image).resolve()
+    if not target.is_relative_to(root):
+        return (f"image {image!r} resolves to {target}, outside the dataset folder {root} (through '..' or a "
+                "symlink); images must lie inside the folder")
+    return None
+
+
 def load_dataset(folder: str | Path, check_images: bool = True) -> list[Case]:
     """Read a dataset folder; each ``Case.image`` is the ``Path`` of its PNG.
 
     Raises ``DatasetError`` when dataset.json or cases.jsonl is missing or malformed, a line
-    lacks a key, ids repeat, an image is missing, or (``check_images``) an image does not
+    lacks a key or has a value of the wrong type, ids repeat, an image path leads outside the
+    folder (``..``, an absolute path or a symlink), an image is missing, or (``check_images``) an image does not
     decode or the content hash differs from dataset.json's (the folder changed since it was
     written).
     """
@@ -230,9 +305,14 @@ def load_dataset(folder: str | Path, check_images: bool = True) -> list[Case]:
             record = json.loads(line)
         except ValueError as err:
             raise DatasetError(f"{path}, line {number}: not JSON ({err})") from err
+        if not isinstance(record, dict):
+            raise DatasetError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
         missing = [k for k in required if k not in record]
         if missing:
             raise DatasetError(f"{path}, line {number}: missing keys {missing}")
+        problem = _record_problem(record) or _image_outside(record["image"], folder)
+        if problem:
+            raise DatasetError(f"{path}, line {number}: {problem}; fix that line or write the dataset again")
         if record["id"] in seen:
             raise DatasetError(f"{path}, line {number}: the id {record['id']!r} repeats")
         seen.add(record["id"])

@@ -25,6 +25,7 @@ RULES: dict[str, str] = {
     "ids": "id and group_id are non-empty strings",
     "image": "the image is a PIL image, or a file that exists and decodes",
     "question": "the question is non-empty and ends with '?'; synthetic: it has its set's form",
+    "context": "the context is a non-empty string (the text the text-only pass reads)",
     "answers": "both answers are non-empty; synthetic: one word each, from the set's values",
     "answers_differ": "the image answer and the text answer differ (after normalisation)",
     "candidates_lead": "each candidate list is non-empty and starts with its answer",
@@ -103,6 +104,8 @@ def validate(case: Case, check_image: bool = True) -> Case:
     synthetic = case.task in _SYNTHETIC
     if not (isinstance(case.question, str) and case.question.strip().endswith("?")):
         _fail(case, "question", f"question is {case.question!r}")
+    if not (isinstance(case.context, str) and case.context.strip()):
+        _fail(case, "context", f"context is {case.context!r}")
     subject = None
     if synthetic:
         match = _QUESTION_FORM[case.task].match(case.question)
