@@ -65,6 +65,10 @@ class Adapter:
     cross_attention: the attention module's name in decoder layers that have no `attention`
         one (Mllama's cross-attention layers: `cross_attn`); None when every layer has it.
     mlp: attribute name of a decoder layer's MLP module, relative to the layer (`mlp_out`).
+    prefix_cache: the class can reuse the KV cache of a prompt's prefix (everything before the
+        context / question) exactly: a causal language model whose image features all lie in
+        the prefix, with 1-D positions. False (the safe default for a new class) runs full
+        forwards; `hooks.prefix` says why for the classes here.
     """
 
     model_class: str
@@ -79,6 +83,7 @@ class Adapter:
     attention: str = "self_attn"
     cross_attention: str | None = None
     mlp: str = "mlp"
+    prefix_cache: bool = False
     notes: str = field(default="", compare=False)
 
     def skipped_layers(self, model: Any, has_image: bool) -> frozenset[int]:
@@ -135,30 +140,31 @@ class Adapter:
                 setattr(target, attr, None)
 
 
+_REUSE = dict(prefix_cache=True)
 _QWEN = dict(required_inputs=("mm_token_type_ids",), stateful=("model.rope_deltas",))
 
 ADAPTERS: dict[str, Adapter] = {
     a.model_class: a
     for a in (
-        Adapter("LlavaForConditionalGeneration", "llava"),
-        Adapter("LlavaNextForConditionalGeneration", "llava_next"),
-        Adapter("LlavaOnevisionForConditionalGeneration", "llava_onevision"),
+        Adapter("LlavaForConditionalGeneration", "llava", **_REUSE),
+        Adapter("LlavaNextForConditionalGeneration", "llava_next", **_REUSE),
+        Adapter("LlavaOnevisionForConditionalGeneration", "llava_onevision", **_REUSE),
         Adapter("Qwen2VLForConditionalGeneration", "qwen2_vl", **_QWEN),
         Adapter("Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl", **_QWEN),
         Adapter("Qwen3VLForConditionalGeneration", "qwen3_vl", **_QWEN,
                 notes="deepstack adds visual features at image positions after the first layers; "
                       "the answer position is unaffected"),
-        Adapter("Gemma3ForConditionalGeneration", "gemma3",
+        Adapter("Gemma3ForConditionalGeneration", "gemma3", **_REUSE,
                 notes="final_logit_softcapping is not applied by this class in transformers 5"),
         Adapter("PaliGemmaForConditionalGeneration", "paligemma", softcap=True, text_only_format="{bos}{text}\n",
                 notes="PaliGemma 2 (Gemma-2 text) caps logits with tanh; PaliGemma 1 has no cap. The processor "
                       "builds image tokens + BOS + prompt + newline and has no chat template"),
-        Adapter("Idefics3ForConditionalGeneration", "idefics3", lm_root="model.text_model"),
+        Adapter("Idefics3ForConditionalGeneration", "idefics3", lm_root="model.text_model", **_REUSE),
         Adapter("MllamaForConditionalGeneration", "mllama", image_only_layers="cross_attention_layers",
                 cross_attention="cross_attn",
                 notes="cross-attention decoder layers are interleaved with self-attention ones"),
-        Adapter("InternVLForConditionalGeneration", "internvl"),
-        Adapter("Mistral3ForConditionalGeneration", "mistral3"),
+        Adapter("InternVLForConditionalGeneration", "internvl", **_REUSE),
+        Adapter("Mistral3ForConditionalGeneration", "mistral3", **_REUSE),
     )
 }
 

@@ -90,11 +90,21 @@ def check_required_inputs(vlm: VLM, inputs: Mapping[str, Any]) -> None:
             "silently computes other logits); build inputs with hooks.prompts / the model's processor")
 
 
-def _trace(vlm: VLM, inputs: Mapping[str, Any], keep_logits: bool, cand: Tensor | None, top_k: int):
+def _at(x: Tensor, positions: Tensor | None) -> Tensor:
+    """Row b's vector at `positions[b]`, or at the last position of every row when None."""
+    if positions is None:
+        return x[:, -1, :]
+    return x[torch.arange(x.shape[0], device=x.device), positions, :]
+
+
+def _trace(vlm: VLM, inputs: Mapping[str, Any], keep_logits: bool, cand: Tensor | None, top_k: int,
+           positions: Tensor | None = None):
     """The nnsight trace itself; kept a plain function body (nnsight compiles it from source)."""
     kwargs = dict(inputs)
+    logit_at = positions
     if accepts_logits_to_keep(vlm.model):
-        kwargs["logits_to_keep"] = 1
+        kwargs["logits_to_keep"] = 1 if positions is None else positions[:, None]  # (batch, 1): one per row
+        logit_at = None
     n = vlm.n_layers
     skipped = vlm.adapter.skipped_layers(vlm.model, "pixel_values" in inputs)
     ents, lses, tops, topv, cands, fulls = [], [], [], [], [], []
@@ -102,9 +112,9 @@ def _trace(vlm: VLM, inputs: Mapping[str, Any], keep_logits: bool, cand: Tensor 
         layers = vlm.envoy_layers()
         for i in range(n + 1):
             if i == 0:
-                h = layers[0].input[:, -1, :]
+                h = _at(layers[0].input, positions)
             elif i - 1 not in skipped:
-                h = layers[i - 1].output[:, -1, :]
+                h = _at(layers[i - 1].output, positions)
             z = project(vlm, h).float()
             ents.append(entropy(z).save())
             lses.append(torch.logsumexp(z, dim=-1).save())
@@ -115,7 +125,7 @@ def _trace(vlm: VLM, inputs: Mapping[str, Any], keep_logits: bool, cand: Tensor 
                 cands.append(z[:, cand].save())
             if keep_logits:
                 fulls.append(z.save())
-        model_logits = vlm.nn.output.logits[:, -1, :].float().save()
+        model_logits = _at(vlm.nn.output.logits, logit_at).float().save()
     return ents, lses, tops, topv, cands, fulls, model_logits
 
 
@@ -126,20 +136,24 @@ def lens(
     keep_logits: bool = True,
     candidate_ids: Sequence[int] | Tensor | None = None,
     top_k: int = 5,
+    positions: Sequence[int] | Tensor | None = None,
 ) -> LensResult:
     """Run one trace over a left-padded batch and return the lens at the last position.
 
     `inputs` are the processor's outputs (e.g. `PassBatch.inputs`), already on the model's
     device. With `keep_logits=False` only reduced statistics are kept, so memory is
     O(batch x layers x (top_k + n_candidates)) instead of O(batch x layers x vocab).
-    Lens statistics are computed in float32 whatever the model's dtype.
+    Lens statistics are computed in float32 whatever the model's dtype. `positions` (one per
+    row) reads row b at `positions[b]` instead of the last position: the prefix-cache path
+    (`hooks.prefix`) runs right-padded suffixes, whose answer positions differ by row.
     """
     check_required_inputs(vlm, inputs)
     vlm.adapter.reset_state(vlm.model)
     cand = None
     if candidate_ids is not None:
         cand = torch.as_tensor(candidate_ids, dtype=torch.long, device=vlm.device).flatten()
-    ents, lses, tops, topv, cands, fulls, model_logits = _trace(vlm, inputs, keep_logits, cand, top_k)
+    at = None if positions is None else torch.as_tensor(positions, dtype=torch.long, device=vlm.device).flatten()
+    ents, lses, tops, topv, cands, fulls, model_logits = _trace(vlm, inputs, keep_logits, cand, top_k, at)
     stack = lambda xs: torch.stack(list(xs), dim=1)  # noqa: E731
     return LensResult(
         entropy=stack(ents),

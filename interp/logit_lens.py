@@ -55,6 +55,15 @@ class Trajectory:
         ]
 
 
+def _logsumexp_rows(z: np.ndarray) -> np.ndarray:
+    """`scipy.special.logsumexp(z, axis=-1)` of a (layer, n) array without its per-call overhead
+    (~0.1 ms; two calls per row were ~6% of the default job)."""
+    top = z.max(axis=-1)
+    top = np.where(np.isfinite(top), top, 0.0)  # a row of -inf gives -inf, as scipy's does
+    with np.errstate(divide="ignore"):
+        return top + np.log(np.exp(z - top[:, None]).sum(axis=-1))
+
+
 def _columns(candidate_ids: np.ndarray, wanted: frozenset[int]) -> np.ndarray:
     index = {int(t): i for i, t in enumerate(candidate_ids)}
     missing = sorted(t for t in wanted if t not in index)
@@ -79,8 +88,8 @@ def trajectory(
     lse = np.asarray(logsumexp_all, dtype=np.float64)
     if not pair.text_ids or not pair.vision_ids:
         raise ValueError("a candidate pair needs at least one id on each side")
-    z_text = logsumexp(z[:, _columns(cand_ids, pair.text_ids)], axis=-1)
-    z_vision = logsumexp(z[:, _columns(cand_ids, pair.vision_ids)], axis=-1)
+    z_text = _logsumexp_rows(z[:, _columns(cand_ids, pair.text_ids)])
+    z_vision = _logsumexp_rows(z[:, _columns(cand_ids, pair.vision_ids)])
     return Trajectory(
         classes=tuple(pair.classify(int(t)) for t in top1),
         top1=top1,

@@ -1,7 +1,8 @@
 """Cases -> the three passes -> per-layer trajectories, uncertainties and labels -> rows -> a run.
 
 `process_batch(vlm, cases)` runs the vision-only, text-only and conflict passes of a batch of
-cases (one lens trace each) and returns one `CaseRow` per case and one `LayerRow` per case x
+cases (each distinct pass input once per run, on a cached prompt prefix where the class allows:
+`modality_lens.dedupe`, docs/performance.md; `reuse=False`: one full lens trace per pass) and returns one `CaseRow` per case and one `LayerRow` per case x
 layer x pass (`modality_lens.rows`); `iter_rows` does it batch by batch over a whole case list;
 `run` is the main job: cases -> rows -> run directory (`modality_lens.rundir`) -> summary
 (`modality_lens.finalize`) -> figures and report.
@@ -19,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+import torch
 from tqdm import tqdm
 
 from hooks.loading import VLM, load_vlm
@@ -27,7 +29,9 @@ from interp.candidates import CandidatePair
 from interp.following import correct_in_both
 from interp.logit_lens import Trajectory, trajectories
 from interp.vocabulary import PASSES
+from modality_lens.atomic import atomic_write_bytes, json_text
 from modality_lens.cases import BUILTIN_N_PER_CELL, auto_image_size, case_item, case_pairs, load_cases
+from modality_lens.dedupe import PassMemo
 from modality_lens.finalize import finalize
 from modality_lens.rows import CaseRow, LayerRow, case_row, layer_rows
 from modality_lens.provenance import weights_hash
@@ -54,12 +58,23 @@ def _run_pass(vlm: VLM, batch: PassBatch, pairs: Sequence[CandidatePair]) -> lis
     return trajectories(pairs, result)
 
 
-def process_batch(vlm: VLM, cases: Sequence[Any]) -> tuple[list[CaseRow], list[LayerRow]]:
-    """The three passes of `cases` (one batch each) -> (case rows, layer rows)."""
+def process_batch(vlm: VLM, cases: Sequence[Any], *, reuse: bool = True,
+                  memo: PassMemo | None = None) -> tuple[list[CaseRow], list[LayerRow]]:
+    """The three passes of `cases` -> (case rows, layer rows).
+
+    `reuse=True` computes each distinct pass input once (across calls sharing `memo`) and on a
+    cached prefix where the class allows (`modality_lens.dedupe`); `reuse=False` runs the three
+    passes as three full batches, the uncached computation the cached one must equal.
+    """
     tok = vlm.tokenizer
-    pairs = case_pairs(tok, cases)
-    batches = vlm.passes([case_item(c) for c in cases], PASSES)
-    trajs = {name: _run_pass(vlm, batches[name], pairs) for name in PASSES}
+    if reuse:
+        memo = memo if memo is not None else PassMemo(vlm)
+        pairs = memo.pairs(cases)
+        trajs = {name: trajectories(pairs, memo.lens(name, cases, pairs)) for name in PASSES}
+    else:
+        pairs = case_pairs(tok, cases)
+        batches = vlm.passes([case_item(c) for c in cases], PASSES)
+        trajs = {name: _run_pass(vlm, batches[name], pairs) for name in PASSES}
     answers = {name: [_answer(t, p, tok) for t, p in zip(trajs[name], pairs)] for name in PASSES}
     filtered = correct_in_both([a for a, _ in answers["vision"]], [a for a, _ in answers["text"]],
                                [c.image_candidates for c in cases], [c.text_candidates for c in cases])
@@ -74,14 +89,22 @@ def process_batch(vlm: VLM, cases: Sequence[Any]) -> tuple[list[CaseRow], list[L
 
 
 def iter_rows(vlm: VLM, cases: Iterable[Any], *, batch_size: int = 16, progress: bool = True,
-              total: int | None = None) -> Iterator[tuple[list[CaseRow], list[LayerRow]]]:
-    """`process_batch` over `cases` in batches, with a progress bar; yields each batch's rows."""
+              total: int | None = None, reuse: bool = True,
+              memo: PassMemo | None = None) -> Iterator[tuple[list[CaseRow], list[LayerRow]]]:
+    """`process_batch` over `cases` in batches, with a progress bar; yields each batch's rows.
+
+    With `reuse`, one `PassMemo` (given, or made here over every case's candidate ids) serves
+    all batches, so a pass input seen in an earlier batch is not computed again.
+    """
     cases = list(cases)
+    if reuse and memo is None:
+        memo = PassMemo(vlm)
+        memo.plan(cases, batch_size)  # every case's candidate ids, and where each row is computed
     bar = tqdm(total=total or len(cases), desc="cases", unit="case", disable=not progress, mininterval=1)
     try:
         for start in range(0, len(cases), batch_size):
             chunk = cases[start:start + batch_size]
-            yield process_batch(vlm, chunk)
+            yield process_batch(vlm, chunk, reuse=reuse, memo=memo)
             bar.update(len(chunk))
     finally:
         bar.close()
@@ -119,20 +142,43 @@ def run(
     n_boot: int = 1000,
     progress: bool = True,
     figures: bool = True,
+    reuse: bool = True,
+    threads: int | None = None,
 ) -> RunDir:
     """The main job: cases -> three passes -> run directory with records, summary, figures, report.
 
     Returns the `modality_lens.rundir.RunDir`. Every case's candidate tokens are checked before
     anything is written, so a case the model cannot answer stops the run up front; a killed
-    run continues with `resume=True` (same model, dataset, seed, dtype and limit).
+    run continues with `resume=True` (same model, dataset, seed, dtype and limit). `reuse=False`
+    computes every pass of every case as a full forward (`process_batch`); `threads` sets torch's
+    CPU threads (None: torch's default); run.json records both, and reuse.json what reuse saved.
     """
+    from modality_lens.arguments import BUILTIN_DATASETS, check_run_arguments  # before anything is loaded
+    from modality_lens.arguments import positive_int as check_positive
+
+    checked = check_run_arguments(batch_size=batch_size, limit=limit, seed=seed, n_per_cell=n_per_cell,
+                                  image_size=image_size, n_boot=n_boot, dataset=dataset,
+                                  out=out or Path("runs") / f"run-seed{seed}", resume=resume)
+    batch_size, limit, seed, n_per_cell, image_size, n_boot = (
+        checked[k] for k in ("batch_size", "limit", "seed", "n_per_cell", "image_size", "n_boot"))
+    threads = None if threads is None else check_positive("threads", threads)
+    # a dataset folder is read and every case validated before the model is loaded
+    folder = None if checked["dataset"] in (None, *BUILTIN_DATASETS) else load_cases(
+        checked["dataset"], seed=seed, n_per_cell=n_per_cell, image_size=None)
+    if threads is not None:
+        torch.set_num_threads(int(threads))
     source = model or default_model()
     vlm = load_vlm(source, device=device, dtype=dtype)
     size = auto_image_size(vlm.processor) if image_size == "auto" else image_size
-    cases, data_info = load_cases(dataset, seed=seed, n_per_cell=n_per_cell, image_size=size)
+    cases, data_info = folder or load_cases(dataset, seed=seed, n_per_cell=n_per_cell, image_size=size)
     if limit is not None:
         cases = cases[: int(limit)]
-    case_pairs(vlm.tokenizer, cases)  # refuse untokenisable or identical answers before writing anything
+    # refuse untokenisable or identical answers before writing anything (the memo keeps their ids)
+    memo = PassMemo(vlm) if reuse else None
+    if memo is not None:
+        memo.plan(cases, batch_size)  # the whole list, also on --resume: the same batches, the same numbers
+    else:
+        case_pairs(vlm.tokenizer, cases)
     local = Path(source).is_dir()
     run_dir = RunDir(out or Path("runs") / f"run-seed{seed}")
     run_dir.create({
@@ -143,15 +189,18 @@ def run(
         "dataset": data_info,
         "seed": seed,
         "arguments": {"dtype": str(vlm.dtype).removeprefix("torch."), "limit": limit, "batch_size": batch_size,
-                      "n_per_cell": n_per_cell, "image_size": size, "n_boot": n_boot},
+                      "n_per_cell": n_per_cell, "image_size": size, "n_boot": n_boot,
+                      "reuse": reuse, "threads": torch.get_num_threads()},
         "device": str(vlm.device),
     }, resume=resume)
     try:
         done = run_dir.done_case_ids()
         todo = [c for c in cases if c.id not in done]
         for case_rows, rows_of_layers in iter_rows(vlm, todo, batch_size=batch_size, progress=progress,
-                                                   total=len(todo)):
+                                                   total=len(todo), reuse=reuse, memo=memo):
             run_dir.append(case_rows, rows_of_layers)
+        stats = memo.stats() if memo is not None else {"reuse": False}
+        atomic_write_bytes(run_dir.path / "reuse.json", json_text({"cases": len(todo), **stats}).encode())
         finalize(run_dir, n_boot=n_boot)
         if figures:
             # imported here: matplotlib costs ~0.3 s of start-up that iter_rows users never need

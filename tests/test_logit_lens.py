@@ -87,3 +87,17 @@ def test_teacher_forced_prefix_equals_prompt_with_the_prefix(family, items):
         with torch.no_grad():
             ref = vlm.model(**enc).logits[0, -1]
         assert (got[0, -1] - ref).abs().max().item() <= 1e-4
+
+
+def test_the_row_logsumexp_equals_scipys_including_minus_infinity():
+    from scipy.special import logsumexp
+
+    from interp.logit_lens import _logsumexp_rows
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(scale=30, size=(9, 5))
+    z[2, 1:] = -np.inf  # one finite entry
+    z[4, :] = -np.inf  # nothing finite: -inf, as scipy gives
+    z[6, 0] = 700.0  # exp would overflow without the shift
+    np.testing.assert_allclose(_logsumexp_rows(z), logsumexp(z, axis=-1), rtol=1e-12, atol=0)
+    assert _logsumexp_rows(z)[4] == -np.inf

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -96,10 +97,10 @@ def test_resume_on_a_foreign_run_is_refused_and_nothing_is_lost(tmp_path):
     assert "--resume refused" in err and "seed" in err and "model" in err
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
     assert after == before
-    from interp.errors import RunDirError
     from modality_lens.pipeline import run
 
-    with pytest.raises(RunDirError, match="not empty"):  # no --resume on a full directory
+    # no --resume on a full directory (refused by the argument check, or by RunDir where that is skipped)
+    with pytest.raises(ModalityLensError, match="not empty"):
         run(model="tiny:llava", limit=8, n_per_cell=1, seed=3, out=str(out), progress=False)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == before
 
@@ -147,7 +148,7 @@ def test_case_whose_answers_tokenise_identically(tmp_path):
     out = tmp_path / "r"
     code, _, err = _finish(_cli("run", "--model", "tiny:llava", "--dataset", str(data), "--out", str(out)))
     assert code == 2 and "Traceback" not in err
-    assert "bad-case" in err and "identical tokens" in err
+    assert "bad-case" in err and "rule 'answers'" in err  # every case is validated before the model sees it
     assert not out.exists()
     assert isinstance(CaseError("x"), ModalityLensError)
 
@@ -166,3 +167,60 @@ def test_built_in_scenes_are_drawn_at_the_model_input_size():
     assert auto_image_size(tiny_model("llava")[1]) == 32           # CLIP crop 32 x 32
     assert auto_image_size(tiny_model("llava", size="mid")[1]) is None  # 336 px: the paper's sizes
     assert auto_image_size(tiny_model("gemma3")[1]) == 32           # size {height, width}
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])  # a prefix-cache class; one with dedupe only
+def test_reuse_gives_the_rows_of_the_uncached_computation(family):
+    """Dedupe (and the prefix cache where the class has one) against `reuse=False`, row by row."""
+    from hooks.loading import load_vlm
+    from interp.datasets.colour import colour_cases
+    from modality_lens.dedupe import PassMemo
+    from modality_lens.pipeline import iter_rows
+
+    vlm = load_vlm(f"tiny:{family}")
+    cases = list(colour_cases(1, 0, image_size=32, visual_tiers=[0, 3], text_tiers=[0, 1, 2]))
+    memo = PassMemo(vlm)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        cached = [r for rows, _ in iter_rows(vlm, cases, batch_size=5, progress=False, memo=memo) for r in rows]
+    fallback = [str(w.message) for w in said if "full forwards" in str(w.message)]
+    assert len(fallback) == (1 if family == "qwen2_5_vl" else 0)  # said once, not once per batch
+    plain = [r for rows, _ in iter_rows(vlm, cases, batch_size=5, progress=False, reuse=False) for r in rows]
+    for a, b in zip(cached, plain, strict=True):
+        for column in a:
+            if isinstance(a[column], float):
+                assert a[column] == pytest.approx(b[column], abs=1e-5), column
+            else:
+                assert a[column] == b[column], column
+    stats = memo.stats()
+    distinct_vision = {(c.image_name, c.question) for c in cases}
+    assert stats["passes"]["vision"] == {"requested": len(cases), "computed": len(distinct_vision)}
+    assert stats["forwards"]["saved"] == 3 * len(cases) - sum(p["computed"] for p in stats["passes"].values()) > 0
+    assert stats["prefix_cache"]["used"] == (family == "llava")
+    assert stats["lm_tokens"]["run"] < stats["lm_tokens"]["uncached"]
+    images = {c.image_name for c in cases}
+    assert stats["vision_tower_runs"]["run"] == (len(images) if family == "llava" else len(distinct_vision) + len(cases))
+
+
+def test_run_records_threads_and_what_reuse_saved(tmp_path):
+    import torch
+
+    from modality_lens.pipeline import run
+
+    before = torch.get_num_threads()
+    try:
+        run_dir = run(model="tiny:llava", limit=12, batch_size=4, n_per_cell=1, out=str(tmp_path / "r"), seed=1,
+                      progress=False, figures=False, n_boot=20, threads=1)
+        args = json.loads(run_dir.run_json.read_text())["arguments"]
+        assert args["threads"] == 1 and args["reuse"] is True
+    finally:
+        torch.set_num_threads(before)
+    saved = json.loads((tmp_path / "r" / "reuse.json").read_text())
+    assert saved["cases"] == 12 and saved["forwards"]["requested"] == 36
+    assert saved["forwards"]["saved"] > 0 and saved["lm_tokens"]["ratio"] < 1
+    plain = run(model="tiny:llava", limit=12, batch_size=4, n_per_cell=1, out=str(tmp_path / "p"), seed=1,
+                progress=False, figures=False, n_boot=20, reuse=False)
+    assert json.loads((tmp_path / "p" / "reuse.json").read_text()) == {"cases": 12, "reuse": False}
+    a = pq.read_table(tmp_path / "r" / "cases.parquet").to_pylist()
+    b = pq.read_table(plain.cases_path).to_pylist()
+    assert [r["label"] for r in a] == [r["label"] for r in b] and [r["kept"] for r in a] == [r["kept"] for r in b]
