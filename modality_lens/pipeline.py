@@ -17,6 +17,7 @@ the vision-only / text-only pass at that position.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -181,6 +182,7 @@ def run(
         case_pairs(vlm.tokenizer, cases)
     local = Path(source).is_dir()
     run_dir = RunDir(out or Path("runs") / f"run-seed{seed}")
+    new_folder = not run_dir.path.exists()
     run_dir.create({
         "model": {"source": str(Path(source).resolve()) if local else source,
                   "weights_hash": weights_hash(source) if local else None,
@@ -194,21 +196,46 @@ def run(
         "device": str(vlm.device),
     }, resume=resume)
     try:
-        done = run_dir.done_case_ids()
-        todo = [c for c in cases if c.id not in done]
-        for case_rows, rows_of_layers in iter_rows(vlm, todo, batch_size=batch_size, progress=progress,
-                                                   total=len(todo), reuse=reuse, memo=memo):
-            run_dir.append(case_rows, rows_of_layers)
-        stats = memo.stats() if memo is not None else {"reuse": False}
-        atomic_write_bytes(run_dir.path / "reuse.json", json_text({"cases": len(todo), **stats}).encode())
-        finalize(run_dir, n_boot=n_boot)
-        if figures:
-            # imported here: matplotlib costs ~0.3 s of start-up that iter_rows users never need
-            from modality_lens.plots import draw_all
-            from modality_lens.report import write_report
-
-            draw_all(run_dir)
-            write_report(run_dir)
+        _fill_run(run_dir, vlm, cases, batch_size=batch_size, progress=progress, reuse=reuse, memo=memo,
+                  n_boot=n_boot, figures=figures)
+    except BaseException:
+        _discard_if_empty(run_dir, new_folder)
+        raise
     finally:
         run_dir.close()
     return run_dir
+
+
+def _fill_run(run_dir: RunDir, vlm: VLM, cases: Sequence[Any], *, batch_size: int, progress: bool, reuse: bool,
+              memo: PassMemo | None, n_boot: int, figures: bool) -> None:
+    """The rows of every case not yet committed, then reuse.json, the summary, figures and report."""
+    done = run_dir.done_case_ids()
+    todo = [c for c in cases if c.id not in done]
+    for case_rows, rows_of_layers in iter_rows(vlm, todo, batch_size=batch_size, progress=progress,
+                                               total=len(todo), reuse=reuse, memo=memo):
+        run_dir.append(case_rows, rows_of_layers)
+    stats = memo.stats() if memo is not None else {"reuse": False}
+    atomic_write_bytes(run_dir.path / "reuse.json", json_text({"cases": len(todo), **stats}).encode())
+    finalize(run_dir, n_boot=n_boot)
+    if figures:
+        # imported here: matplotlib costs ~0.3 s of start-up that iter_rows users never need
+        from modality_lens.plots import draw_all
+        from modality_lens.report import write_report
+
+        draw_all(run_dir)
+        write_report(run_dir)
+
+
+def _discard_if_empty(run_dir: RunDir, new_folder: bool) -> None:
+    """A run that this call created and that failed (or was interrupted) before its first case
+    was committed leaves nothing to resume: its folder is removed, so that the same command can
+    simply be run again. A folder that existed before, or holds committed cases, stays."""
+    if not new_folder:
+        return
+    try:
+        if run_dir.done_case_ids():
+            return
+    except Exception:  # unreadable: leave it for --resume to report
+        return
+    run_dir.close()
+    shutil.rmtree(run_dir.path, ignore_errors=True)

@@ -130,3 +130,28 @@ def test_a_dataset_killed_while_being_swapped_in_is_put_back(tmp_path):
     with pytest.raises(DatasetError, match="not empty"):  # the old dataset is back, and protected
         save_dataset(colour_cases(1, 1, **small), tmp_path / "ds", meta, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+@pytest.mark.parametrize("fail_at", [1, 2])
+def test_a_new_run_that_fails_before_its_first_case_leaves_no_folder(tmp_path, monkeypatch, fail_at):
+    """A failed write at the first chunk (nothing committed): the folder this run created is
+    removed, so the same command runs again as it is. At the second chunk one chunk is
+    committed: the folder stays for --resume."""
+    from modality_lens.rundir import RunDir
+
+    real_append, calls = RunDir.append, []
+
+    def append(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == fail_at:
+            raise OSError(28, "No space left on device")
+        return real_append(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunDir, "append", append)
+    out = tmp_path / "r"
+    with pytest.raises(OSError):
+        _run(out, 4)
+    assert out.exists() == (fail_at == 2)
+    monkeypatch.setattr(RunDir, "append", real_append)
+    done = _run(out, 4, resume=fail_at == 2)
+    assert len(pq.read_table(done.cases_path).column("case_id")) == 20
