@@ -5,9 +5,9 @@ hold: summary.json is `interp.summary.summarise` of the committed case rows with
 run.json, so it depends on the set of cases only, not on how the run was interrupted, and
 cases.parquet gets each case's ``region`` from that summary's balance point.
 
-When most cases are answered outside their candidate words in a unimodal pass (the model does
-not speak the dataset's answers, so almost nothing passes the correct-in-both filter), the
-summary's ``warnings`` say so; `modality_lens.report.format_summary` prints them.
+When most cases are answered in a unimodal pass with a word that is no answer of any case in
+the run (the model does not speak the dataset's answers, so almost nothing passes the
+correct-in-both filter), the summary's ``warnings`` say so; `modality_lens.report.format_summary` prints them.
 """
 
 from __future__ import annotations
@@ -15,26 +15,35 @@ from __future__ import annotations
 from typing import Any
 
 from interp.summary import AMBIGUOUS_WIDTH, summarise, with_regions
+from interp.vocabulary import normalise_answer
 from modality_lens.rundir import RunDir
 
 __all__ = ["finalize", "OUTSIDE_SHARE"]
 
 OUTSIDE_SHARE = 0.5
-"""**[ours]** Warn when more than this share of the cases gets an answer outside its candidate
-set in the vision-only or the text-only pass."""
+"""**[ours]** Warn when more than this share of the cases gets, in the vision-only or the
+text-only pass, an answer that is no answer word of any case in the run."""
 
 
 def _outside_warning(cases: Any) -> list[str]:
-    rows = cases.select(["class_v", "class_t", "y_v", "y_t"]).to_pylist()
-    outside = [r for r in rows if "other" in (r["class_v"], r["class_t"])]
+    """A case is *outside* when its vision-only or text-only answer is none of the answer words
+    of any case in the run (a colour model asked for shapes answers colours); a wrong answer
+    that is another case's answer (a wrong colour) is a mistake, not a sign of the wrong task."""
+    rows = cases.select(["class_v", "class_t", "y_v", "y_t", "image_answer", "text_answer"]).to_pylist()
+    vocabulary = {normalise_answer(r[k]) for r in rows for k in ("image_answer", "text_answer") if r[k]}
+
+    def foreign(r: dict, answer: str, cls: str) -> bool:
+        return r[cls] == "other" and normalise_answer(r[answer] or "") not in vocabulary
+
+    outside = [r for r in rows if foreign(r, "y_v", "class_v") or foreign(r, "y_t", "class_t")]
     if not rows or len(outside) <= OUTSIDE_SHARE * len(rows):
         return []
     words = sorted({r[k] for r in outside for k, c in (("y_v", "class_v"), ("y_t", "class_t"))
-                    if r[c] == "other" and r[k]})[:5]
-    return [f"{len(outside)} of {len(rows)} cases were answered outside their candidate words in the vision-only "
-            f"or text-only pass (e.g. {', '.join(map(repr, words)) or 'empty answers'}), so few cases pass the "
-            "correct-in-both filter: this model does not answer this dataset's questions with its words. Use a "
-            "model trained or instructed for this task (the shipped model knows the colour set only)"]
+                    if foreign(r, k, c) and r[k]})[:5]
+    return [f"{len(outside)} of {len(rows)} cases were answered outside the dataset's answer words in the "
+            f"vision-only or text-only pass (e.g. {', '.join(map(repr, words)) or 'empty answers'}), so few cases "
+            "pass the correct-in-both filter: this model does not answer this dataset's questions with its words. "
+            "Use a model trained or instructed for this task (the shipped model knows the colour set only)"]
 
 
 def finalize(run: RunDir, *, n_boot: int = 1000, region_width: float | None = None) -> dict[str, Any]:
