@@ -58,7 +58,36 @@ def metrics_table(m: dict) -> str:
                 f"- the same on the {ins['n_kept']} cases right in both unimodal passes: \"text\" -> the text's colour "
                 f"{ins['text']['kept_instructed']:.1%} (the image's {ins['text']['kept_other']:.1%}); \"image\" -> "
                 f"the image's colour {ins['image']['kept_instructed']:.1%} (the text's {ins['image']['kept_other']:.1%})")
-    return "\n".join(lines)
+    return "\n".join(lines + skills_table(m))
+
+
+def skills_table(m: dict) -> list[str]:
+    """The card's lines for the reading and shape-task metrics (`modality_lens.tiny_vlm.skills`)."""
+    out: list[str] = []
+    sh = m.get("shapes")
+    if sh:
+        out += ["", f"Shape set (seed {m.get('seed', 1000)}, conflict cases): {sh['n_cases']} cases, kept "
+                f"{sh['n_kept']} ({sh['kept_share']:.1%}); among kept: text-following {sh['labels_kept']['text']}, "
+                f"vision-following {sh['labels_kept']['vision']}, other {sh['labels_kept']['other']}; vision accuracy "
+                f"per visual tier {', '.join(f'{a:.3f}' for a in sh['vision_accuracy'])}; text accuracy per text "
+                f"tier {', '.join(f'{a:.3f}' for a in sh['text_accuracy'])}."]
+    rd = m.get("reading")
+    if rd:
+        w0, sign = rd["word_tier0"], rd["sign"]
+        out += ["", "Reading (top-1 answer over the whole vocabulary):",
+                f"- a colour word, tier 0 (black, centred, 3 fonts x 1, 3/4, 1/2 of the largest size that fits; "
+                f"{w0['n']} images): {w0['accuracy']:.1%} ("
+                + ", ".join(f"{float(k):g}: {v:.1%}" for k, v in w0["by_scale"].items()) + ")",
+                f"- a colour word at a random font, size and place ({rd['word_placed']['n']}): "
+                f"{rd['word_placed']['accuracy']:.1%}; in another colour's ink ({rd['word_ink']['n']}): the word "
+                f"{rd['word_ink']['accuracy']:.1%}, the ink {rd['word_ink']['answered_ink']:.1%}",
+                f"- a rendered context sentence, asked the shape's colour: text tier 0 "
+                f"{rd['context_tier0']['accuracy']:.1%}, tier 1 {rd['context_tier1']['accuracy']:.1%} "
+                f"({rd['context_tier0']['n']} each)",
+                f"- colour scenes (visual tiers 0-4) with a sign naming an absent colour ({sign['n']}): the sign read "
+                f"{sign['read_accuracy']:.1%}; asked the shape's colour, right {sign['colour_accuracy']:.1%}, "
+                f"the sign's word {sign['colour_answered_sign']:.1%}"]
+    return out
 
 
 CARD = """# tiny_vlm: a small LLaVA trained on the colour-conflict tasks
@@ -103,6 +132,10 @@ Per example: with probability {instructed} an *instructed* example, {conflict_sh
   naming a modality {placed} ({instructions}, with "text" or "image"). The context states a wrong colour
   with probability {instructed_conflict}; the label is the named modality's colour. They give
   the model a real "follow the text" / "follow the image" distinction for MC²-style steering.
+{skills_block}
+## Layers whose lens cannot depend on the case
+
+{layers_block}
 
 ## Held-out metrics
 
@@ -119,10 +152,7 @@ cases only (`python experiments/train_tiny_vlm.py --metrics-only data/tiny_vlm` 
   above; change `text_reliability` / `text_prior` of `TinyVLMConfig` in
   `modality_lens/tiny_vlm/recipe.py` and retrain to move the balance point.
 - It follows an instruction only in the phrasings it was trained on ({instructions}).
-- Vision is reliable at visual tier 0 only; on tiers 5-13 its entropy is close to chance (ln 6
-  = 1.79 nats), and tiers 5-6 (large distractors crowding the image) read harder than 7-8. The
-  rise of H_v with the tier is therefore carried by tiers 0-5, and its Spearman rho over all 14
-  tier means moves with the evaluation set's seed by ±0.1.
+{vision_limits}
 """
 
 
@@ -144,6 +174,7 @@ def write_card(out: Path, cfg: TinyVLMConfig, log: dict, m: dict, eval_seed: int
         attention="" if cfg.local_layers <= 0 else (
             f"`Qwen2`, the first {'layer' if cfg.local_layers == 1 else f'{cfg.local_layers} layers'} attending "
             f"only to the last {cfg.local_window} tokens; "),
+        skills_block=skills_text(cfg), layers_block=layers_text(cfg), vision_limits=vision_limits(m, eval_n),
         distractor_block="" if cfg.text_distractor_share <= 0 else (
             f"- In {cfg.text_distractor_share:.0%} of all contexts (of every kind) one more sentence, before or "
             "after,\n  gives another shape another colour, so that the stated colour must be matched to the asked "
@@ -151,6 +182,55 @@ def write_card(out: Path, cfg: TinyVLMConfig, log: dict, m: dict, eval_seed: int
     )
     (out / "MODEL_CARD.md").write_text(text)
     return text
+
+
+def skills_text(cfg: TinyVLMConfig) -> str:
+    """The card's words for the shape and reading tasks of the mix."""
+    out = ""
+    if cfg.shape_share > 0 and cfg.n_shape_scenes:
+        out += (f"- Shape task ({cfg.shape_share:.0%} of all examples): scenes of the 2-D shape set's four visual\n"
+                f"  tiers ({cfg.n_shape_scenes} pre-drawn), \"What shape is the {{colour}} object?\", vision-only, "
+                "text-only or both\n  as above with the same reliabilities; a wrong text shape is absent from the "
+                "image.\n")
+    if cfg.read_share > 0:
+        out += (f"- Reading ({cfg.read_share:.0%} of all examples): half a colour word drawn by\n"
+                "  `interp.datasets.render` in one of the three DejaVu fonts that ship with matplotlib (random\n"
+                "  size and place, 15% in another colour's ink), asked \"What word is written in the image?\"; a\n"
+                "  quarter a rendered context sentence (text tier 0 or 1) asked the colour question; a quarter a\n"
+                "  colour scene of visual tier 0-4 with a sign naming a colour below it, asked the sign's word or\n"
+                "  the target's colour. Labels: the word, the stated colour, the target's colour.\n")
+    return out
+
+
+def vision_limits(m: dict, n_scenes: int) -> str:
+    """The card's words on where vision is reliable, from the measured per-tier accuracy."""
+    tiers, acc = m["vision"]["tiers"], m["vision"]["accuracy"]
+    good = [t for t, a in zip(tiers, acc) if a >= 0.9]
+    weak = [t for t, a in zip(tiers, acc) if a < 0.5]
+    span = lambda ts: ", ".join(str(t) for t in ts) or "none"  # noqa: E731
+    return (f"- Vision-only accuracy is >= 0.9 at visual tiers {span(good)} and below 0.5 at tiers {span(weak)}\n"
+            f"  (held-out: {n_scenes} scenes per tier, each asked under the 4 text tiers, so a tier's figure carries\n"
+            f"  a sampling error of about ±{0.5 / n_scenes ** 0.5:.2f}). Crowded and\n"
+            "  occluded scenes are where the image is uncertain, which is what the following curve needs.")
+
+
+def layers_text(cfg: TinyVLMConfig) -> str:
+    """Which lens positions are one distribution for every row, by construction."""
+    text = ("Lens index 0 (the embedding output) reads the answer position's own token, the last token of\n"
+            "the chat template, the same in every prompt: its lens is one distribution for every row.")
+    if cfg.local_layers > 0:
+        last = cfg.local_layers
+        text += (f" Indices 1-{last} (after the local layer{'s' if last > 1 else ''}, window {cfg.local_window})"
+                 if last > 1 else f" Index 1 (after the local first layer, window {cfg.local_window})")
+        text += (f" see only the last {cfg.local_window} tokens, the question's\ninstruction and the template's "
+                 "tail, the same in every uninstructed prompt: one distribution for\nevery row as well (and with an "
+                 "instruction after the question, one per instruction). The first\nlayer stays local because the "
+                 "steering analysis needs a layer whose state at the answer\nposition knows the instruction and "
+                 "nothing of the content (docs/interventions.md).")
+        first = last + 1
+    else:
+        first = 1
+    return text + f" Indices {first}-{cfg.text_layers} depend on the case."
 
 
 def conflict_text(cfg: TinyVLMConfig) -> dict[str, str]:
@@ -176,7 +256,8 @@ PLACED = {"question": "before the question", "start": "at the start of the user 
 
 # settings whose default changed after checkpoints were written without them: a record that
 # lacks one was trained with the value it had then, not with today's default
-BEFORE_THE_FIELD = {"instruction_placement": "question", "local_layers": 0}
+BEFORE_THE_FIELD = {"instruction_placement": "question", "local_layers": 0, "read_share": 0.0, "shape_share": 0.0,
+                    "n_shape_scenes": 0}
 
 
 def read_record(model_dir: Path) -> tuple[dict, TinyVLMConfig]:
@@ -209,6 +290,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="first decoder layers with sliding-window attention (a Qwen2 language model then)")
     parser.add_argument("--local-window", type=int, default=TinyVLMConfig.local_window,
                         help="the window of the local layers, in tokens")
+    parser.add_argument("--vision-hidden", type=int, default=TinyVLMConfig.vision_hidden, help="vision tower width")
+    parser.add_argument("--vision-layers", type=int, default=TinyVLMConfig.vision_layers, help="vision tower layers")
+    parser.add_argument("--read-share", type=float, default=TinyVLMConfig.read_share,
+                        help="share of reading examples (rendered words, contexts, scenes with a sign)")
+    parser.add_argument("--shape-share", type=float, default=TinyVLMConfig.shape_share,
+                        help="share of shape-task examples (needs --n-shape-scenes)")
+    parser.add_argument("--n-shape-scenes", type=int, default=TinyVLMConfig.n_shape_scenes,
+                        help="pre-drawn shape-set scenes for the shape task")
     parser.add_argument("--eval-seed", type=int, default=1000)
     parser.add_argument("--eval-n", type=int, default=16, help="held-out groups per (visual, text) tier cell")
     parser.add_argument("--metrics-only", type=Path, default=None, metavar="DIR",
@@ -241,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
                         conflict_share=args.conflict_share,
                         text_prior=tuple(args.text_prior or TinyVLMConfig.text_prior),
                         text_distractor_share=args.text_distractor_share, local_layers=args.local_layers,
-                        local_window=args.local_window)
+                        local_window=args.local_window, vision_hidden=args.vision_hidden,
+                        vision_layers=args.vision_layers, read_share=args.read_share, shape_share=args.shape_share,
+                        n_shape_scenes=args.n_shape_scenes)
     start = time.time()
     model, processor, log = train(cfg)
     save(model, processor, args.out, metadata={"config": cfg.to_dict(), "log": log})

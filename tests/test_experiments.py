@@ -83,7 +83,25 @@ def test_a_training_record_from_before_a_setting_existed_reads_as_it_was_trained
     (tmp_path / "training.json").write_text(json.dumps(old_record))
     _, old = read_record(tmp_path)
     assert (old.seed, old.instruction_placement, old.local_layers) == (3, "question", 0)
+    assert (old.read_share, old.shape_share, old.n_shape_scenes) == (0.0, 0.0, 0)  # no reading or shape task then
     assert old.text_reliability == (0.9, 0.8, 0.7, 0.6)
     (tmp_path / "training.json").write_text(json.dumps({"config": {"instruction_placement": "end", "local_layers": 1}}))
     _, new = read_record(tmp_path)
     assert (new.instruction_placement, new.local_layers) == ("end", 1)
+
+
+def test_compare_tiny_recipes_trains_a_few_steps_and_reports_every_check(tmp_path):
+    tiny = {"n_scenes": 28, "n_shape_scenes": 8, "shape_share": 0.2, "read_share": 0.1, "text_layers": 2,
+            "vision_layers": 1, "text_hidden": 32, "vision_hidden": 32, "text_intermediate": 64, "batch_size": 8,
+            "warmup": 1, "threads": 1}
+    out = run("compare_tiny_recipes.py", "smoke", json.dumps(tiny), "--steps", "2", "--out", str(tmp_path), cwd=tmp_path)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result == json.loads((tmp_path / "smoke.json").read_text())
+    assert len(result["vision_tiers"]) == 14 and len(result["shape_tiers"]) == 4 and len(result["loss"]) == 1
+    # 24 scenes per tier, 32 per shape tier, 18 words, 60 contexts: every share is a count over those
+    def counts(share: float, n: int) -> bool:
+        return 0 <= share <= 1 and abs(share * n - round(share * n)) < 1e-9
+
+    assert all(counts(a, 24) for a in result["vision_tiers"]) and all(counts(a, 32) for a in result["shape_tiers"])
+    assert counts(result["word_t0"], 18) and counts(result["context_read"], 60)
+    assert (tmp_path / "smoke_model" / "config.json").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,11 +12,13 @@ from interp.datasets.colour import COLOURS, SHAPES, colour_cases
 from interp.datasets.text import words
 from modality_lens.cases import case_item, case_pairs
 from modality_lens.pipeline import iter_rows
+from interp.datasets.drawing import COLOUR_RGB
 from modality_lens.tiny_vlm import (DEFAULT_DIR, TEXT_RELIABILITY, ScenePool, TinyVLMConfig, TrainingMix, build_model,
                                     instruction_following, save, train)
+from modality_lens.tiny_vlm.reading import READ_QUESTION, ShapePool
 
 TINY = dict(steps=3, batch_size=8, n_scenes=28, vision_hidden=32, vision_layers=1, text_hidden=32, text_layers=2,
-            text_intermediate=64, warmup=1, threads=1)
+            text_intermediate=64, warmup=1, threads=1, n_shape_scenes=8)
 
 
 def test_a_few_training_steps_run_deterministically_and_save_a_loadable_model(tmp_path):
@@ -43,7 +46,7 @@ def test_training_mix_follows_the_documented_reliabilities():
     instructed = [e for e in examples if e.kind == "instructed"]
     assert abs(len(instructed) / len(examples) - cfg.instructed_share) < 0.02
     for ex in examples:  # uninstructed: the label is the scene's own colour, whatever the context says
-        if ex.kind not in ("instructed", "conflict"):
+        if ex.kind not in ("instructed", "conflict", "read"):
             assert ex.label == COLOURS[pool.target_colour[ex.scene]], ex
     conflicting = 0
     for ex in instructed:  # instructed: the named modality's colour
@@ -206,6 +209,47 @@ def test_instruction_placement_moves_only_the_instruction():
     assert n_instructed > 20
 
 
+def test_shape_examples_label_the_drawn_shape_and_state_an_absent_one_when_wrong():
+    cfg = TinyVLMConfig(**TINY, shape_share=0.5, read_share=0.0)
+    shapes = ShapePool.draw(16, 0, 64)
+    mix = TrainingMix(ScenePool.draw(8, 0, 64), cfg, shapes)
+    examples = [mix.sample() for _ in range(1500)]
+    shape_ex = [e for e in examples if e.question.startswith("What shape")]
+    assert abs(len(shape_ex) / len(examples) - 0.5) < 0.05
+    wrong = 0
+    for e in shape_ex:
+        true, absent = SHAPES[shapes.target_shape[e.scene]], SHAPES[shapes.absent_shape[e.scene]]
+        colour = COLOURS[shapes.target_colour[e.scene]]
+        assert e.label == true and f"the {colour} object" in e.question.lower()
+        assert (e.image is shapes.images[e.scene]) == (e.kind != "text")
+        if e.context is not None:
+            assert e.stated in (true, absent)
+            wrong += e.stated == absent
+            # the drawn scene never shows the wrong shape: its pixels are the target's colour or not
+    assert wrong > 0
+    rgb = np.asarray(shapes.images[0])
+    assert (rgb == COLOUR_RGB[COLOURS[shapes.target_colour[0]]]).all(axis=-1).any()  # the target is drawn
+
+
+def test_reading_examples_label_what_the_image_says():
+    cfg = TinyVLMConfig(**TINY, read_share=0.6, instructed_share=0.1)
+    mix = TrainingMix(ScenePool.draw(8, 0, 64), cfg)
+    examples = [mix.sample() for _ in range(400)]
+    read = [e for e in examples if e.kind == "read"]
+    assert abs(len(read) / len(examples) - 0.6) < 0.08
+    words_read = [e for e in read if e.question.startswith(READ_QUESTION)]
+    asked = [e for e in read if e not in words_read]
+    assert words_read and asked
+    for e in read:
+        assert e.context is None and e.image.size == (64, 64) and e.label in COLOURS
+        ink = (np.asarray(e.image.convert("L")) < 200).sum()
+        assert ink > 10  # something is written or drawn
+    for e in asked:  # a rendered sentence or a sign scene: the label's colour is named or drawn
+        rgb = np.asarray(e.image)
+        drawn = (rgb == COLOUR_RGB[e.label]).all(axis=-1).any()
+        assert drawn or not (rgb[..., 0] != rgb[..., 1]).any(), e  # a sign scene shows it; a sentence is grey
+
+
 def test_local_layers_see_only_their_window():
     """`local_layers=1`: the first decoder layer's output at the last position does not change
     when a token further back than `local_window` changes, and changes when one inside does;
@@ -240,3 +284,32 @@ def test_training_mix_refuses_bad_settings():
         TrainingMix(pool, TinyVLMConfig(**TINY, text_prior=(0.5, 0.5, 0.5, 1.5)))
     with pytest.raises(ValueError, match="conflict_share"):
         TrainingMix(pool, TinyVLMConfig(**TINY, conflict_share=0.95))
+
+
+def test_reading_metrics_count_answers_against_what_each_image_says():
+    """A stand-in model that answers "red" to everything: each share is the share of items whose
+    right answer is red, worked out from the item lists by hand."""
+    from types import SimpleNamespace
+
+    from modality_lens.tiny_vlm import build_processor
+    from modality_lens.tiny_vlm.skills import reading_metrics
+
+    processor = build_processor(TinyVLMConfig(**TINY))
+    red = processor.tokenizer.convert_tokens_to_ids("red")
+
+    def always_red(**inputs):
+        logits = torch.zeros(inputs["input_ids"].shape[0], 1, len(processor.tokenizer))
+        logits[..., red] = 1.0
+        return SimpleNamespace(logits=logits)
+
+    vlm = SimpleNamespace(processor=processor, tokenizer=processor.tokenizer, device="cpu", model=always_red)
+    m = reading_metrics(vlm, image_size=64, n=12)
+    # tier 0: 6 words x 3 fonts x 3 scales, 9 of them "red"; ink: 30 (word, other ink) pairs,
+    # 5 with the word red and 5 in red ink
+    assert m["word_tier0"]["n"] == 54 and m["word_tier0"]["accuracy"] == pytest.approx(9 / 54)
+    assert m["word_ink"]["n"] == 30
+    assert m["word_ink"]["accuracy"] == pytest.approx(5 / 30) and m["word_ink"]["answered_ink"] == pytest.approx(5 / 30)
+    for key in ("word_placed", "context_tier0", "context_tier1"):
+        assert m[key]["n"] == 12 and 0 <= m[key]["accuracy"] <= 1
+    # a sign never names the target's colour, so "red" cannot be right on both questions of a scene
+    assert m["sign"]["colour_accuracy"] + m["sign"]["colour_answered_sign"] <= 1

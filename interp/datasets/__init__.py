@@ -6,7 +6,8 @@
 - ``validate``: every rule a case keeps (``RULES``), ``CaseError`` naming the one broken;
 - ``save_dataset`` / ``load_dataset``: the folder of PNGs + cases.jsonl + dataset.json;
 - ``draw_scene`` / ``draw_colour_scene`` / ``text_context``: the building blocks, e.g. for
-  training a small model at low resolution; ``vocabulary()``: every token they can emit.
+  training a small model at low resolution; ``vocabulary()``: every token they can emit;
+- ``render_text`` / ``fit_text``: any text drawn into an image (fonts that ship with matplotlib).
 
 See docs/datasets.md for the tier tables and the choices marked [ours].
 """
@@ -31,6 +32,7 @@ from interp.datasets.drawing import (
     shape_mask,
 )
 from interp.datasets.mc2 import Mc2Import, load_mc2
+from interp.datasets.render import FONTS, fit_text, render_text
 from interp.datasets.shapes import SHAPE_TIERS, ShapeGroup, draw_shape_scene, shape_case, shape_cases, shape_group
 from interp.datasets.storage import dataset_info, load_dataset, save_dataset
 from interp.datasets.text import (
@@ -44,10 +46,10 @@ from interp.datasets.validate import RULES, validate
 from interp.vocabulary import CONTROLS, normalise_answer
 
 __all__ = [
-    "CASE_KINDS", "CONTROLS", "COLOURS", "COLOUR_RGB", "COLOUR_TIERS", "Case", "ColourGroup", "INSTRUCTION",
+    "CASE_KINDS", "CONTROLS", "COLOURS", "COLOUR_RGB", "COLOUR_TIERS", "Case", "ColourGroup", "FONTS", "INSTRUCTION",
     "Mc2Import", "PlacedShape", "RULES", "SHAPES", "SHAPE_TIERS", "Scene", "ShapeGroup",
     "TierSpec", "build_prompt", "colour_case", "colour_cases", "colour_group", "dataset_info",
-    "draw_colour_scene", "draw_scene", "draw_shape_scene", "load_dataset", "load_mc2",
-    "normalise_answer", "save_dataset", "shape_case", "shape_cases", "shape_group",
+    "draw_colour_scene", "draw_scene", "draw_shape_scene", "fit_text", "load_dataset", "load_mc2",
+    "normalise_answer", "render_text", "save_dataset", "shape_case", "shape_cases", "shape_group",
     "shape_mask", "shape_text_context", "text_context", "validate", "vocabulary", "words",
 ]

@@ -16,21 +16,26 @@ from hooks.interventions import DEFAULT_PLACEMENT, read_answer, with_instruction
 from interp.curves import fit_following
 from interp.datasets.colour import colour_cases
 from interp.following import tfr_vfr
-from modality_lens.cases import case_item, case_pairs
+from modality_lens.cases import auto_image_size, case_item, case_pairs
 from modality_lens.pipeline import iter_rows
 from modality_lens.tiny_vlm.recipe import INSTRUCTIONS
+from modality_lens.tiny_vlm.skills import reading_metrics, shape_metrics
 
 __all__ = ["evaluate", "instruction_following"]
 
 
-def evaluate(vlm: Any, *, n_per_cell: int = 4, seed: int = 1000, image_size: int = 64, batch_size: int = 32,
-             progress: bool = True, placement: str = DEFAULT_PLACEMENT) -> dict[str, Any]:
+def evaluate(vlm: Any, *, n_per_cell: int = 4, seed: int = 1000, image_size: int | None = None,
+             batch_size: int = 32, progress: bool = True, placement: str = DEFAULT_PLACEMENT,
+             skills: bool = True) -> dict[str, Any]:
     """Held-out metrics on the built-in colour set (conflict cases, no controls).
 
     Returns per-tier accuracy and mean entropy for each modality, the Spearman correlation of
     the tier means with the tier, and the following statistics of the conflict cases kept by
-    the correct-in-both filter (with the fitted following curve).
+    the correct-in-both filter (with the fitted following curve); with `skills`, also the
+    reading and shape-task metrics of `modality_lens.tiny_vlm.skills`. `image_size`: default
+    the model's input size.
     """
+    image_size = image_size or auto_image_size(vlm.processor)
     cases = list(colour_cases(n_per_cell, seed, image_size=image_size, controls=False))
     rows: list[dict[str, Any]] = []
     for case_rows, _ in iter_rows(vlm, cases, batch_size=batch_size, progress=progress):
@@ -52,7 +57,14 @@ def evaluate(vlm: Any, *, n_per_cell: int = 4, seed: int = 1000, image_size: int
     decided = [r for r in kept if r["label"] in ("text", "vision")]
     curve = fit_following(np.array([r["dh_rel"] for r in decided]), np.array([r["label"] == "text" for r in decided]),
                           seed=seed)
+    more = {}
+    if skills:
+        more = {"reading": reading_metrics(vlm, seed=seed, image_size=image_size),
+                "shapes": shape_metrics(vlm, n_per_cell=n_per_cell, seed=seed, image_size=image_size,
+                                        batch_size=batch_size)}
     return {
+        **more,
+        "image_size": image_size,
         "n_cases": len(rows),
         "vision": per_tier("visual_tier", "vision_correct", "h_v"),
         "text": per_tier("text_tier", "text_correct", "h_t"),

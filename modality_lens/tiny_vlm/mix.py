@@ -16,6 +16,10 @@ the text's colour against the image, except under an explicit instruction):
 - **text distractors** (a share `text_distractor_share` of all contexts, of every kind; 0
   unless set): one more sentence giving another shape another colour (`TrainingMix.distract`);
   measured in docs/interventions.md, not shipped.
+- **reading** (a share `read_share` of all examples; 0 in the shipped recipe): a rendered colour
+  word, a rendered context or a colour scene with a sign (`modality_lens.tiny_vlm.reading`);
+- **shape task** (a share `shape_share`, with a `ShapePool` of `n_shape_scenes`; 0 in the
+  shipped recipe): the shape set's question on its scenes, vision-only / text-only / both;
 - **instructed** (a share `instructed_share` of all examples): image + relevant context +
   question with an instruction naming a modality ("use the text to answer .", "answer
   from the image .", ...; `INSTRUCTIONS`). The context states a wrong colour with probability
@@ -45,7 +49,8 @@ import numpy as np
 from hooks.interventions import INSTRUCTION_PLACEMENTS
 from interp.datasets.colour import COLOUR_TIERS, COLOURS, SHAPES
 from interp.datasets.drawing import draw_scene, resolve_size
-from interp.datasets.text import COLOUR_QUESTION, INSTRUCTION, text_context
+from interp.datasets.text import COLOUR_QUESTION, INSTRUCTION, SHAPE_QUESTION, shape_text_context, text_context
+from modality_lens.tiny_vlm.reading import READ_QUESTION, ShapePool, context_image, sign_scene, word_image
 from modality_lens.tiny_vlm.recipe import INSTRUCTIONS, TinyVLMConfig
 
 __all__ = ["ScenePool", "Example", "TrainingMix"]
@@ -93,7 +98,7 @@ class ScenePool:
 
 @dataclass
 class Example:
-    kind: str  # "vision", "text", "both", "conflict", "instructed"
+    kind: str  # "vision", "text", "both", "conflict", "instructed", "read"
     question: str
     context: str | None
     image: Any
@@ -110,6 +115,7 @@ class TrainingMix:
 
     pool: ScenePool
     cfg: TinyVLMConfig
+    shapes: ShapePool | None = None
     rng: np.random.Generator = field(init=False)
 
     def __post_init__(self) -> None:
@@ -123,6 +129,10 @@ class TrainingMix:
         if not 0 <= self.cfg.instructed_share + self.cfg.conflict_share <= 1 or self.cfg.conflict_share < 0:
             raise ValueError(f"conflict_share ({self.cfg.conflict_share}) must be >= 0 and, with instructed_share "
                              f"({self.cfg.instructed_share}), sum to at most 1")
+        shares = (self.cfg.instructed_share, self.cfg.read_share, self.cfg.shape_share)
+        if min(shares) < 0 or sum(shares) > 1:
+            raise ValueError(f"instructed_share, read_share and shape_share must be >= 0 and sum to at most 1, "
+                             f"got {shares}")
         if not 0 <= self.cfg.text_distractor_share <= 1:
             raise ValueError(f"text_distractor_share must be a probability in [0, 1], got "
                              f"{self.cfg.text_distractor_share}")
@@ -160,19 +170,28 @@ class TrainingMix:
         return f"{statement} {context}" if rng.random() < 0.5 else f"{context} {statement}"
 
     def sample(self, max_tier: int | None = None) -> Example:
-        """One example; `max_tier` restricts the scene to visual tiers <= max_tier (curriculum)."""
+        """One example; `max_tier` restricts colour scenes to visual tiers <= max_tier (curriculum).
+
+        The task is drawn first: instructed (`instructed_share`), reading (`read_share`), shape
+        (`shape_share`, when a shape pool is given), else the colour task."""
         rng, pool = self.rng, self.pool
         if max_tier is None:
             i = int(rng.integers(len(pool)))
         else:
             allowed = self._by_tier.setdefault(max_tier, np.flatnonzero(pool.visual_tier <= max_tier))
             i = int(allowed[rng.integers(len(allowed))])
-        if rng.random() < self.cfg.instructed_share:
+        u = rng.random()
+        cfg = self.cfg
+        if u < cfg.instructed_share:
             return self._instructed(i)
+        if u < cfg.instructed_share + cfg.read_share:
+            return self._reading()
+        if self.shapes is not None and u < cfg.instructed_share + cfg.read_share + cfg.shape_share:
+            return self._shape(int(rng.integers(len(self.shapes))))
         # drawn only when used, so that a recipe without conflict examples keeps its random stream
-        if self.cfg.conflict_share > 0 and rng.random() < self.cfg.conflict_share / (1 - self.cfg.instructed_share):
+        if cfg.conflict_share > 0 and rng.random() < cfg.conflict_share / (1 - cfg.instructed_share):
             return self._conflict(i)
-        kind = ("vision", "text", "both")[int(rng.choice(3, p=self.cfg.mix))]
+        kind = self._kind()
         shape, true_colour = SHAPES[pool.target_shape[i]], COLOURS[pool.target_colour[i]]
         absent_shape, wrong = SHAPES[pool.absent_shape[i]], COLOURS[pool.absent_colour[i]]
         if kind == "text":  # no image: any other colour can be the wrong one
@@ -183,6 +202,51 @@ class TrainingMix:
             context, stated = self.context(shape, absent_shape, true_colour, wrong)[:2]
         image = None if kind == "text" else pool.images[i]
         return Example(kind, question, context, image, true_colour, i, stated)
+
+    def _kind(self) -> str:
+        return ("vision", "text", "both")[int(self.rng.choice(3, p=self.cfg.mix))]
+
+    def _shape(self, j: int) -> Example:
+        """Shape-set scene `j`: "What shape is the {colour} object?", vision-only, text-only or
+        both as for the colour task; a wrong text shape is absent from the image."""
+        rng, sp = self.rng, self.shapes
+        kind = self._kind()
+        true_shape, colour = SHAPES[sp.target_shape[j]], COLOURS[sp.target_colour[j]]
+        wrong, absent_colour = SHAPES[sp.absent_shape[j]], COLOURS[sp.absent_colour[j]]
+        question = f"{SHAPE_QUESTION.format(colour=colour)} {INSTRUCTION}"
+        context, stated = None, None
+        if kind != "vision":
+            tier = int(rng.integers(4))
+            if rng.random() < self.cfg.text_irrelevant_share:
+                stated = [true_shape, wrong][int(rng.integers(2))]
+                context = shape_text_context(tier, absent_colour, stated, rng, avoid=(true_shape,))
+            else:
+                stated = true_shape if rng.random() < self.cfg.text_reliability[tier] else wrong
+                context = shape_text_context(tier, colour, stated, rng, avoid=(true_shape,))
+        image = None if kind == "text" else sp.images[j]
+        return Example(kind, question, context, image, true_shape, j, stated)
+
+    def _reading(self) -> Example:
+        """A reading example (`modality_lens.tiny_vlm.reading`): a rendered colour word (half),
+        a rendered tier-0/1 context (a quarter) or a colour scene with a sign (a quarter)."""
+        rng, size = self.rng, self.cfg.image_size
+        u = rng.random()
+        if u < 0.5:
+            word = COLOURS[int(rng.integers(len(COLOURS)))]
+            return Example("read", f"{READ_QUESTION} {INSTRUCTION}", None, word_image(word, size, rng), word)
+        shape, colour = SHAPES[int(rng.integers(len(SHAPES)))], COLOURS[int(rng.integers(len(COLOURS)))]
+        question = f"{COLOUR_QUESTION.format(shape=shape)} {INSTRUCTION}"
+        if u < 0.75:
+            sentence = text_context(int(rng.integers(2)), shape, colour, rng)
+            return Example("read", question, None, context_image(sentence, size, rng), colour)
+        word = COLOURS[int(rng.integers(len(COLOURS)))]
+        c_abs = COLOURS[int(rng.choice([k for k, c in enumerate(COLOURS) if c != colour]))]
+        image, _ = sign_scene(int(rng.integers(5)), shape, colour, word, size, rng,
+                              distractor_shapes=[s for s in SHAPES if s != shape],
+                              distractor_colours=[c for c in COLOURS if c not in (colour, c_abs)])
+        if rng.random() < 0.5:
+            return Example("read", f"{READ_QUESTION} {INSTRUCTION}", None, image, word)
+        return Example("read", question, None, image, colour)
 
     def _conflict(self, i: int) -> Example:
         """Scene `i` with a relevant context stating a colour absent from the image, no

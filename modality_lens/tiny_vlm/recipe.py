@@ -41,7 +41,7 @@ TEXT_RELIABILITY: tuple[float, ...] = (0.99, 0.93, 0.85, 0.7)
 
 # words a researcher's prompts around the colour task may use (steering instructions, etc.)
 EXTRA_WORDS = ("user", "assistant", "from", "text", "image", "follow", "ignore", "trust", "only", "look", "at",
-               "read", "not", "colour", "color", "answer", "the", "based")
+               "read", "not", "colour", "color", "answer", "the", "based", "word", "written", "in")
 INSTRUCTIONS: tuple[str, ...] = ("use the {m} to answer .", "answer from the {m} .", "trust only the {m} .")
 """Instruction templates of the instructed examples; `{m}` is "text" or "image". The first is
 `hooks.interventions.TEXT_INSTRUCTION` / `IMAGE_INSTRUCTION`."""
@@ -83,6 +83,9 @@ class TinyVLMConfig:
     threads: int = 2
     curriculum_share: float = 0.15  # first share of the steps: visual tiers 0..curriculum_max_tier only
     curriculum_max_tier: int = 4
+    read_share: float = 0.0  # of all examples: a rendered word, a rendered context or a scene with a sign
+    shape_share: float = 0.0  # of all examples: the shape task on shape-set scenes
+    n_shape_scenes: int = 0  # pre-drawn shape-set scenes (0: no shape task)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

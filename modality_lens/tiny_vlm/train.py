@@ -20,7 +20,9 @@ import torch
 from tqdm import tqdm
 
 from hooks.prompts import render_prompt
+from interp.datasets.drawing import COLOURS, SHAPES
 from modality_lens.tiny_vlm.mix import Example, ScenePool, TrainingMix
+from modality_lens.tiny_vlm.reading import ShapePool
 from modality_lens.tiny_vlm.recipe import TinyVLMConfig, build_model, build_processor
 
 __all__ = ["batches", "train", "save"]
@@ -72,9 +74,10 @@ def train(cfg: TinyVLMConfig, *, pool: ScenePool | None = None, log_every: int =
     tok = processor.tokenizer
     model = model or build_model(cfg, len(tok))
     pool = pool or ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size, same_colour_share=cfg.same_colour_share)
+    shapes = ShapePool.draw(cfg.n_shape_scenes, cfg.seed, cfg.image_size) if cfg.n_shape_scenes else None
     drawn_s = time.time() - start
-    mix = TrainingMix(pool, cfg)
-    label_ids = {c: tok.convert_tokens_to_ids(c) for c in ("red", "yellow", "blue", "green", "purple", "orange")}
+    mix = TrainingMix(pool, cfg, shapes)
+    label_ids = {c: tok.convert_tokens_to_ids(c) for c in COLOURS + SHAPES}
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     model.train()
     history, running = [], []

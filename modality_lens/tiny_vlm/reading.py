@@ -1,0 +1,123 @@
+"""The images of the training tasks beyond the colour scenes: shape scenes, rendered words,
+rendered contexts and scenes with a sign.
+
+**[ours]** (the mix's reading and shape tasks, `read_share` / `shape_share`; both 0 in the
+shipped recipe: docs/datasets.md has what a model trained with them measured):
+
+- **shape scenes** (`ShapePool`): the 2-D shape set's four tiers (`interp.datasets.shapes`),
+  pre-drawn like the colour scenes; the question asks the shape of the object of one colour.
+- **a rendered word** (`word_image`): a colour word in black (15%: in another palette colour,
+  so that the ink is no cue to the answer) in one of the three fonts, at a random size from a
+  quarter of the height to the largest that fits, anywhere on the canvas; the question is
+  `READ_QUESTION` and the label the word.
+- **a rendered context** (`context_image`): a context sentence of text tier 0 or 1, wrapped
+  and fitted to the canvas; the question is the colour question about the sentence's shape
+  and the label the stated colour (the image is the only source, so its statement is the
+  truth).
+- **a scene with a sign** (`sign_scene`): a colour scene of visual tier 0-4 drawn in the top
+  three quarters, and below it a sign (a bordered box) with a colour word; asked the target's
+  colour the label is the target's colour (the sign says nothing about it), asked
+  `READ_QUESTION` it is the sign's word.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from interp.datasets.drawing import COLOURS, SHAPES, draw_scene, resolve_size
+from interp.datasets.render import FONTS, fit_pixels, fit_text
+from interp.datasets.shapes import draw_shape_scene
+from interp.datasets.tiers import COLOUR_TIERS, SHAPE_TIERS
+
+__all__ = ["READ_QUESTION", "ShapePool", "word_image", "word_image_tier0", "context_image", "sign_scene"]
+
+READ_QUESTION = "What word is written in the image?"
+FONT_NAMES = tuple(sorted(FONTS))
+
+
+@dataclass
+class ShapePool:
+    """Pre-drawn shape-set scenes: images, target shape and colour, the absent shape (a wrong
+    text shape, never drawn), an absent colour, and the visual tier."""
+
+    images: list[Any]
+    target_shape: np.ndarray
+    target_colour: np.ndarray
+    absent_shape: np.ndarray
+    absent_colour: np.ndarray
+    visual_tier: np.ndarray
+
+    @classmethod
+    def draw(cls, n: int, seed: int, image_size: int) -> "ShapePool":
+        rng = np.random.default_rng([seed, 17])
+        images, ts, tc, ash, ac, vt = [], [], [], [], [], []
+        for i in range(n):
+            tier = i % len(SHAPE_TIERS)
+            s, s_abs = rng.choice(len(SHAPES), 2, replace=False)
+            c, c_abs = rng.choice(len(COLOURS), 2, replace=False)
+            scene = draw_shape_scene(tier, SHAPES[s], COLOURS[c], SHAPES[s_abs], np.random.default_rng([seed, 19, i]),
+                                     image_size, absent_colours=(COLOURS[c_abs],))
+            images.append(scene.image)
+            ts.append(s), tc.append(c), ash.append(s_abs), ac.append(c_abs), vt.append(tier)
+        arr = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
+        return cls(images, arr(ts), arr(tc), arr(ash), arr(ac), arr(vt))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _ink(word: str, rng: np.random.Generator, coloured_share: float) -> str:
+    if rng.random() < coloured_share:
+        return COLOURS[int(rng.choice([k for k, c in enumerate(COLOURS) if c != word]))]
+    return "black"
+
+
+def word_image(word: str, size: int, rng: np.random.Generator, *, coloured_share: float = 0.15) -> Image.Image:
+    """`word` rendered on a `size` canvas: random font, size and place (see the module doc)."""
+    font = FONT_NAMES[int(rng.integers(len(FONT_NAMES)))]
+    tile = fit_text(word, (size, size), font=font, colour=_ink(word, rng, coloured_share),
+                    max_pixels=int(rng.integers(max(6, size // 4), size + 1)), centre=False, margin=0)
+    # crop the text's box and place it anywhere on the canvas
+    box = Image.eval(tile.convert("L"), lambda v: 255 - v).getbbox() or (0, 0, size, size)
+    text = tile.crop(box)
+    canvas = Image.new("RGB", (size, size), "white")
+    x = int(rng.integers(0, size - text.size[0] + 1))
+    y = int(rng.integers(0, size - text.size[1] + 1))
+    canvas.paste(text, (x, y))
+    return canvas
+
+
+def word_image_tier0(word: str, size: int, font: str = "sans", scale: float = 1.0,
+                     colour: str = "black") -> Image.Image:
+    """The evaluation's tier-0 rendering: centred, in `font`, at `scale` x the largest size
+    that fits (black unless `colour` says otherwise)."""
+    largest = fit_pixels(word, (size, size), font=font)
+    return fit_text(word, (size, size), font=font, colour=colour, max_pixels=max(6, int(largest * scale)))
+
+
+def context_image(context: str, size: int, rng: np.random.Generator) -> Image.Image:
+    """A context sentence wrapped and fitted to a `size` canvas in a random font."""
+    font = FONT_NAMES[int(rng.integers(len(FONT_NAMES)))]
+    return fit_text(context, (size, size), font=font, min_pixels=4)
+
+
+def sign_scene(tier: int, shape: str, colour: str, word: str, size: int, rng: np.random.Generator,
+               distractor_shapes, distractor_colours) -> tuple[Image.Image, Any]:
+    """A colour scene of `tier` (0-4) above a sign reading `word`; (image, scene)."""
+    strip = size // 4
+    spec = COLOUR_TIERS[tier]
+    width, height = resolve_size(size, spec.default_size)
+    scene = draw_scene(spec, shape, colour, rng, (width, height - strip), distractor_shapes=distractor_shapes,
+                       distractor_colours=distractor_colours)
+    canvas = Image.new("RGB", (width, height), "white")
+    canvas.paste(scene.image, (0, 0))
+    sign_w = int(rng.integers(width // 2, width + 1))
+    sign = fit_text(word, (sign_w - 2, strip - 2), font=FONT_NAMES[int(rng.integers(len(FONT_NAMES)))], margin=1)
+    x = int(rng.integers(0, width - sign_w + 1))
+    canvas.paste(sign, (x + 1, height - strip + 1))
+    ImageDraw.Draw(canvas).rectangle((x, height - strip, x + sign_w - 1, height - 1), outline=(0, 0, 0))
+    return canvas, scene
