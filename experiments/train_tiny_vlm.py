@@ -192,6 +192,10 @@ def skills_text(cfg: TinyVLMConfig) -> str:
                 f"  tiers ({cfg.n_shape_scenes} pre-drawn), \"What shape is the {{colour}} object?\", vision-only, "
                 "text-only or both\n  as above with the same reliabilities; a wrong text shape is absent from the "
                 "image.\n")
+    if cfg.aux_weight > 0:
+        out += (f"- An auxiliary loss on the vision tower during training only (weight {cfg.aux_weight}): per image\n"
+                "  token, the shape and colour of the object covering most of its patch, or background\n"
+                "  (`modality_lens.tiny_vlm.aux`); the head is not part of the saved model.\n")
     if cfg.read_share > 0:
         out += (f"- Reading ({cfg.read_share:.0%} of all examples): half a colour word drawn by\n"
                 "  `interp.datasets.render` in one of the three DejaVu fonts that ship with matplotlib (random\n"
@@ -257,7 +261,7 @@ PLACED = {"question": "before the question", "start": "at the start of the user 
 # settings whose default changed after checkpoints were written without them: a record that
 # lacks one was trained with the value it had then, not with today's default
 BEFORE_THE_FIELD = {"instruction_placement": "question", "local_layers": 0, "read_share": 0.0, "shape_share": 0.0,
-                    "n_shape_scenes": 0}
+                    "n_shape_scenes": 0, "aux_weight": 0.0}
 
 
 def read_record(model_dir: Path) -> tuple[dict, TinyVLMConfig]:
@@ -296,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of reading examples (rendered words, contexts, scenes with a sign)")
     parser.add_argument("--shape-share", type=float, default=TinyVLMConfig.shape_share,
                         help="share of shape-task examples (needs --n-shape-scenes)")
+    parser.add_argument("--aux-weight", type=float, default=TinyVLMConfig.aux_weight,
+                        help="weight of the tower's auxiliary patch loss during training (0: off)")
     parser.add_argument("--n-shape-scenes", type=int, default=TinyVLMConfig.n_shape_scenes,
                         help="pre-drawn shape-set scenes for the shape task")
     parser.add_argument("--eval-seed", type=int, default=1000)
@@ -332,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                         text_distractor_share=args.text_distractor_share, local_layers=args.local_layers,
                         local_window=args.local_window, vision_hidden=args.vision_hidden,
                         vision_layers=args.vision_layers, read_share=args.read_share, shape_share=args.shape_share,
-                        n_shape_scenes=args.n_shape_scenes)
+                        n_shape_scenes=args.n_shape_scenes, aux_weight=args.aux_weight)
     start = time.time()
     model, processor, log = train(cfg)
     save(model, processor, args.out, metadata={"config": cfg.to_dict(), "log": log})

@@ -313,3 +313,42 @@ def test_reading_metrics_count_answers_against_what_each_image_says():
         assert m[key]["n"] == 12 and 0 <= m[key]["accuracy"] <= 1
     # a sign never names the target's colour, so "red" cannot be right on both questions of a scene
     assert m["sign"]["colour_accuracy"] + m["sign"]["colour_answered_sign"] <= 1
+
+
+@pytest.mark.parametrize("tier", [0, 3, 6, 11])
+def test_patch_labels_name_the_object_under_each_patch(tier):
+    from interp.datasets.tiers import COLOUR_TIERS
+    from interp.datasets.drawing import draw_scene
+    from modality_lens.tiny_vlm.aux import object_map, patch_labels
+
+    scene = draw_scene(COLOUR_TIERS[tier], "star", "red", np.random.default_rng(tier), (64, 64),
+                       distractor_shapes=["circle", "square", "cross"], distractor_colours=["blue", "green", "orange"])
+    rgb, owner = np.asarray(scene.image), object_map(scene)
+    assert (rgb[owner == -1] == 255).all()  # background is white
+    for k, obj in enumerate(scene.objects):  # every owned pixel wears its owner's colour
+        assert (rgb[owner == k] == COLOUR_RGB[obj.colour]).all()
+    labels = patch_labels(scene, 8)
+    assert labels.shape == (64, 2)
+    palette = {v: i for i, v in enumerate(COLOUR_RGB.values())}
+    for p, (shape_id, colour_id) in enumerate(labels):  # second method: the patch's pixels
+        block = rgb[(p // 8) * 8:(p // 8) * 8 + 8, (p % 8) * 8:(p % 8) * 8 + 8].reshape(-1, 3)
+        coloured = [palette[tuple(int(v) for v in px)] for px in block if tuple(px) != (255, 255, 255)]
+        if colour_id == len(COLOURS):
+            assert shape_id == len(SHAPES)
+            continue
+        assert coloured.count(colour_id) >= 16  # the owner covers at least a quarter of the patch
+    if tier == 0:  # one object: every labelled patch is the target star
+        assert {int(s) for s, c in labels if c != len(COLOURS)} == {SHAPES.index("star")}
+
+
+def test_the_auxiliary_head_trains_the_tower_and_is_not_saved(tmp_path):
+    cfg = TinyVLMConfig(**{**TINY, "aux_weight": 1.0, "vision_layers": 2})
+    with_aux, processor, _ = train(cfg, progress=False)
+    plain, _, _ = train(TinyVLMConfig(**{**TINY, "vision_layers": 2}), progress=False)
+    assert with_aux.state_dict().keys() == plain.state_dict().keys()  # a stock model: no head in it
+    tower = [p for n, p in with_aux.named_parameters() if "vision_tower" in n]
+    assert not all(torch.equal(a, b) for a, b in zip(tower, [p for n, p in plain.named_parameters()
+                                                             if "vision_tower" in n]))
+    hooks = [h for layer in with_aux.model.vision_tower.encoder.layers for h in layer._forward_hooks.values()]
+    assert not any(getattr(h, "__name__", "") == "_keep" for h in hooks)  # the training hook is gone
+    assert load_vlm(save(with_aux, processor, tmp_path / "m")).self_check_report.ok

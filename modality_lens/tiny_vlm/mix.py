@@ -50,6 +50,7 @@ from hooks.interventions import INSTRUCTION_PLACEMENTS
 from interp.datasets.colour import COLOUR_TIERS, COLOURS, SHAPES
 from interp.datasets.drawing import draw_scene, resolve_size
 from interp.datasets.text import COLOUR_QUESTION, INSTRUCTION, SHAPE_QUESTION, shape_text_context, text_context
+from modality_lens.tiny_vlm.aux import patch_labels
 from modality_lens.tiny_vlm.reading import READ_QUESTION, ShapePool, context_image, sign_scene, word_image
 from modality_lens.tiny_vlm.recipe import INSTRUCTIONS, TinyVLMConfig
 
@@ -66,16 +67,17 @@ class ScenePool:
     absent_colour: np.ndarray  # a non-target colour absent from the scene (a wrong text colour)
     absent_shape: np.ndarray
     visual_tier: np.ndarray
+    patches: list[np.ndarray] | None = None  # per scene, `aux.patch_labels` (with `patch=`)
 
     @classmethod
     def draw(cls, n: int, seed: int, image_size: int, tiers: Sequence[int] = range(14),
-             same_colour_share: float = 0.0) -> "ScenePool":
+             same_colour_share: float = 0.0, patch: int | None = None) -> "ScenePool":
         """`n` scenes, visual tiers in turn, drawn like the evaluation set except that in a
         `same_colour_share` of them distractors may also take the target's colour **[ours]**:
         in the evaluation set the target's colour is the one colour worn by a single object,
         a shortcut that makes crowded scenes easy without finding the asked shape at all."""
         rng = np.random.default_rng([seed, 7])
-        images, tc, ts, ac, ash, vt = [], [], [], [], [], []
+        images, tc, ts, ac, ash, vt, patches = [], [], [], [], [], [], []
         tiers = list(tiers)
         for i in range(n):
             tier = tiers[i % len(tiers)]
@@ -89,8 +91,10 @@ class ScenePool:
                                distractor_colours=[x for k, x in enumerate(COLOURS) if k != a and (same or k != c)])
             images.append(scene.image)
             tc.append(c), ts.append(s), ac.append(a), ash.append(s_abs), vt.append(tier)
+            if patch:
+                patches.append(patch_labels(scene, patch))
         arr = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
-        return cls(images, arr(tc), arr(ts), arr(ac), arr(ash), arr(vt))
+        return cls(images, arr(tc), arr(ts), arr(ac), arr(ash), arr(vt), patches if patch else None)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -107,6 +111,7 @@ class Example:
     stated: str | None = None  # the colour the context states (None: no context)
     preamble: str | None = None  # text before the image (the instruction of an instructed example)
     text_tier: int | None = None  # the context's text tier (recorded for conflict examples)
+    patches: np.ndarray | None = None  # the image's patch labels for the auxiliary loss (`aux`)
 
 
 @dataclass
@@ -201,7 +206,12 @@ class TrainingMix:
         if kind != "vision":
             context, stated = self.context(shape, absent_shape, true_colour, wrong)[:2]
         image = None if kind == "text" else pool.images[i]
-        return Example(kind, question, context, image, true_colour, i, stated)
+        return Example(kind, question, context, image, true_colour, i, stated,
+                       patches=None if image is None else self._patches(pool, i))
+
+    @staticmethod
+    def _patches(pool: Any, i: int) -> np.ndarray | None:
+        return None if pool.patches is None else pool.patches[i]
 
     def _kind(self) -> str:
         return ("vision", "text", "both")[int(self.rng.choice(3, p=self.cfg.mix))]
@@ -224,7 +234,8 @@ class TrainingMix:
                 stated = true_shape if rng.random() < self.cfg.text_reliability[tier] else wrong
                 context = shape_text_context(tier, colour, stated, rng, avoid=(true_shape,))
         image = None if kind == "text" else sp.images[j]
-        return Example(kind, question, context, image, true_shape, j, stated)
+        return Example(kind, question, context, image, true_shape, j, stated,
+                       patches=None if image is None else self._patches(sp, j))
 
     def _reading(self) -> Example:
         """A reading example (`modality_lens.tiny_vlm.reading`): a rendered colour word (half),

@@ -32,6 +32,7 @@ from interp.datasets.drawing import COLOURS, SHAPES, draw_scene, resolve_size
 from interp.datasets.render import FONTS, fit_pixels, fit_text
 from interp.datasets.shapes import draw_shape_scene
 from interp.datasets.tiers import COLOUR_TIERS, SHAPE_TIERS
+from modality_lens.tiny_vlm.aux import patch_labels
 
 __all__ = ["READ_QUESTION", "ShapePool", "word_image", "word_image_tier0", "context_image", "sign_scene"]
 
@@ -50,11 +51,12 @@ class ShapePool:
     absent_shape: np.ndarray
     absent_colour: np.ndarray
     visual_tier: np.ndarray
+    patches: list[np.ndarray] | None = None  # per scene, `aux.patch_labels` (with `patch=`)
 
     @classmethod
-    def draw(cls, n: int, seed: int, image_size: int) -> "ShapePool":
+    def draw(cls, n: int, seed: int, image_size: int, patch: int | None = None) -> "ShapePool":
         rng = np.random.default_rng([seed, 17])
-        images, ts, tc, ash, ac, vt = [], [], [], [], [], []
+        images, ts, tc, ash, ac, vt, patches = [], [], [], [], [], [], []
         for i in range(n):
             tier = i % len(SHAPE_TIERS)
             s, s_abs = rng.choice(len(SHAPES), 2, replace=False)
@@ -63,8 +65,10 @@ class ShapePool:
                                      image_size, absent_colours=(COLOURS[c_abs],))
             images.append(scene.image)
             ts.append(s), tc.append(c), ash.append(s_abs), ac.append(c_abs), vt.append(tier)
+            if patch:
+                patches.append(patch_labels(scene, patch))
         arr = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
-        return cls(images, arr(ts), arr(tc), arr(ash), arr(ac), arr(vt))
+        return cls(images, arr(ts), arr(tc), arr(ash), arr(ac), arr(vt), patches if patch else None)
 
     def __len__(self) -> int:
         return len(self.images)

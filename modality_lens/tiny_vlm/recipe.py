@@ -85,6 +85,7 @@ class TinyVLMConfig:
     curriculum_max_tier: int = 4
     read_share: float = 0.0  # of all examples: a rendered word, a rendered context or a scene with a sign
     shape_share: float = 0.0  # of all examples: the shape task on shape-set scenes
+    aux_weight: float = 0.0  # weight of the tower's auxiliary patch loss (modality_lens.tiny_vlm.aux; 0: off)
     n_shape_scenes: int = 0  # pre-drawn shape-set scenes (0: no shape task)
 
     def to_dict(self) -> dict[str, Any]:

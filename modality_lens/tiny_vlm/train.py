@@ -22,6 +22,7 @@ from tqdm import tqdm
 from hooks.prompts import render_prompt
 from interp.datasets.drawing import COLOURS, SHAPES
 from modality_lens.tiny_vlm.mix import Example, ScenePool, TrainingMix
+from modality_lens.tiny_vlm.aux import PatchHead
 from modality_lens.tiny_vlm.reading import ShapePool
 from modality_lens.tiny_vlm.recipe import TinyVLMConfig, build_model, build_processor
 
@@ -73,12 +74,16 @@ def train(cfg: TinyVLMConfig, *, pool: ScenePool | None = None, log_every: int =
     processor = processor or build_processor(cfg)
     tok = processor.tokenizer
     model = model or build_model(cfg, len(tok))
-    pool = pool or ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size, same_colour_share=cfg.same_colour_share)
-    shapes = ShapePool.draw(cfg.n_shape_scenes, cfg.seed, cfg.image_size) if cfg.n_shape_scenes else None
+    patch = cfg.patch_size if cfg.aux_weight > 0 else None
+    pool = pool or ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size, same_colour_share=cfg.same_colour_share,
+                                  patch=patch)
+    shapes = ShapePool.draw(cfg.n_shape_scenes, cfg.seed, cfg.image_size, patch=patch) if cfg.n_shape_scenes else None
     drawn_s = time.time() - start
     mix = TrainingMix(pool, cfg, shapes)
     label_ids = {c: tok.convert_tokens_to_ids(c) for c in COLOURS + SHAPES}
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    aux = _Aux(model, cfg) if cfg.aux_weight > 0 else None
+    params = list(model.parameters()) + (list(aux.head.parameters()) if aux else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     model.train()
     history, running = [], []
     it = batches(mix, cfg.batch_size)
@@ -86,31 +91,57 @@ def train(cfg: TinyVLMConfig, *, pool: ScenePool | None = None, log_every: int =
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
-        with_image, without = next(it)
-        loss_total, n_total = 0.0, 0
         opt.zero_grad(set_to_none=True)
-        for part in (with_image, without):
-            if not part:
-                continue
-            inputs = _encode(processor, part)
-            labels = torch.tensor([label_ids[e.label] for e in part])
-            logits = model(**inputs, logits_to_keep=1).logits[:, -1, :]
-            loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum") / cfg.batch_size
-            loss.backward()
-            loss_total += float(loss.detach()) * cfg.batch_size
-            n_total += len(part)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        parts = [part for part in next(it) if part]
+        loss_total = sum(_backward(model, processor, part, label_ids, cfg, aux) for part in parts)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        running.append(loss_total / max(1, n_total))
+        running.append(loss_total / max(1, sum(len(part) for part in parts)))
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
             mean = float(np.mean(running))
             history.append({"step": step + 1, "loss": mean, "elapsed_s": time.time() - start})
             bar.set_postfix(loss=f"{mean:.3f}")
             running = []
+    if aux is not None:
+        aux.remove()
     model.eval()
     log = {"history": history, "wall_s": time.time() - start, "scene_drawing_s": drawn_s,
            "params": sum(p.numel() for p in model.parameters())}
     return model, processor, log
+
+
+class _Aux:
+    """The auxiliary patch head and a hook that keeps the tower states the projector reads
+    (`vision_feature_layer` = -2: the output of the tower's second-to-last layer)."""
+
+    def __init__(self, model: Any, cfg: TinyVLMConfig) -> None:
+        self.head = PatchHead(cfg.vision_hidden)
+        self.states: torch.Tensor | None = None
+        tower = model.model.vision_tower
+        layer = getattr(tower, "vision_model", tower).encoder.layers[cfg.vision_layers - 2]
+        self._handle = layer.register_forward_hook(self._keep)
+
+    def _keep(self, module: Any, args: Any, output: Any) -> None:
+        out = output[0] if isinstance(output, tuple) else output
+        self.states = out[:, 1:, :]  # the class token is not an image token
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def _backward(model: Any, processor: Any, part: Sequence[Example], label_ids: dict[str, int], cfg: TinyVLMConfig,
+              aux: _Aux | None) -> float:
+    """Backward of one part of a batch (all with an image, or none); returns its summed answer loss."""
+    inputs = _encode(processor, part)
+    labels = torch.tensor([label_ids[e.label] for e in part])
+    logits = model(**inputs, logits_to_keep=1).logits[:, -1, :]
+    loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum") / cfg.batch_size
+    answer = float(loss.detach()) * cfg.batch_size
+    if aux is not None and part[0].image is not None and aux.states is not None:
+        loss = loss + cfg.aux_weight * aux.head.loss(aux.states, [e.patches for e in part]) * len(part) / cfg.batch_size
+        aux.states = None
+    loss.backward()
+    return answer
 
 
 def save(model: Any, processor: Any, out: str | Path, *, card: str | None = None,

@@ -1,0 +1,84 @@
+"""An auxiliary objective that teaches the vision tower form, used in training only.
+
+Measured (docs/datasets.md): with the answer-token loss alone, the tower's image tokens carry
+an object's colour but hardly its shape, and binding a colour to an asked shape, the shape task
+and reading all need form. **[ours]** `aux_weight > 0` adds, per image token, a linear
+classifier (`PatchHead`, on the tower states the projector reads) of the shape and the colour of
+the object that covers most of that patch, or background (a patch less than a quarter covered
+by any object is background); the drawn scenes know their objects, so the labels are exact.
+Images without labels (rendered text) add nothing. The head is dropped after training: the
+saved model is a stock `LlavaForConditionalGeneration`. Off in the shipped recipe; what one
+600-step run with it measured is in docs/datasets.md (it did not buy accuracy at that length).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from interp.datasets.drawing import COLOURS, SHAPES, shape_mask
+
+__all__ = ["patch_labels", "PatchHead", "IGNORE"]
+
+IGNORE = -100
+"""Label of a patch (or a whole image) that adds no auxiliary loss (torch's ignore_index)."""
+
+
+def object_map(scene: Any) -> np.ndarray:
+    """Which object (index into `scene.objects`) covers each pixel, -1 for background, painted
+    in drawing order as the scene was."""
+    width, height = scene.image.size
+    labels = np.full((height, width), -1, dtype=np.int16)
+    for k, obj in enumerate(scene.objects):
+        x0, y0, x1, _ = obj.box
+        mask = shape_mask(obj.shape, x1 - x0)
+        cy0, cx0 = max(y0, 0), max(x0, 0)
+        cy1, cx1 = min(y0 + mask.shape[0], height), min(x0 + mask.shape[1], width)
+        if cy0 >= cy1 or cx0 >= cx1:
+            continue
+        sub = mask[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+        labels[cy0:cy1, cx0:cx1][sub] = k
+    return labels
+
+
+def patch_labels(scene: Any, patch: int) -> np.ndarray:
+    """(n_patches, 2): shape index and colour index of the object covering most of each patch
+    (row-major, as the tower orders its tokens), background `len(SHAPES)` / `len(COLOURS)`."""
+    owner = object_map(scene)
+    height, width = owner.shape
+    out = []
+    for py in range(0, height - height % patch, patch):
+        for px in range(0, width - width % patch, patch):
+            block = owner[py:py + patch, px:px + patch].ravel()
+            ids, counts = np.unique(block[block >= 0], return_counts=True)
+            if len(ids) and counts.max() >= patch * patch / 4:
+                obj = scene.objects[int(ids[counts.argmax()])]
+                out.append((SHAPES.index(obj.shape), COLOURS.index(obj.colour)))
+            else:
+                out.append((len(SHAPES), len(COLOURS)))
+    return np.asarray(out, dtype=np.int64)
+
+
+class PatchHead(nn.Module):
+    """Linear shape and colour classifiers over tower states (background included)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.shape = nn.Linear(width, len(SHAPES) + 1)
+        self.colour = nn.Linear(width, len(COLOURS) + 1)
+
+    def loss(self, states: torch.Tensor, labels: Sequence[np.ndarray | None]) -> torch.Tensor:
+        """Mean cross-entropy over labelled patches of `states` (batch, patches, width)."""
+        n = states.shape[1]
+        target = torch.full((len(labels), n, 2), IGNORE, dtype=torch.long)
+        for b, lab in enumerate(labels):
+            if lab is not None and len(lab) == n:
+                target[b] = torch.as_tensor(lab)
+        if (target[..., 0] == IGNORE).all():
+            return states.sum() * 0.0
+        ce = nn.functional.cross_entropy
+        return 0.5 * (ce(self.shape(states).flatten(0, 1), target[..., 0].flatten(), ignore_index=IGNORE)
+                      + ce(self.colour(states).flatten(0, 1), target[..., 1].flatten(), ignore_index=IGNORE))
