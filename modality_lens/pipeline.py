@@ -37,6 +37,7 @@ from modality_lens.finalize import finalize
 from modality_lens.rows import CaseRow, LayerRow, case_row, layer_rows
 from modality_lens.provenance import weights_hash
 from modality_lens.rundir import RunDir
+from modality_lens.shipped import default_model
 
 __all__ = ["run", "process_batch", "iter_rows", "default_model"]
 
@@ -109,22 +110,6 @@ def iter_rows(vlm: VLM, cases: Iterable[Any], *, batch_size: int = 16, progress:
             bar.update(len(chunk))
     finally:
         bar.close()
-
-
-def default_model() -> str:
-    """The shipped small trained VLM: data/tiny_vlm of a checkout, else the installed copy."""
-    checkout = Path(__file__).resolve().parent.parent / "data" / "tiny_vlm"
-    if (checkout / "config.json").is_file():
-        return str(checkout)
-    try:
-        from importlib.resources import files
-
-        installed = files("modality_lens_data") / "tiny_vlm"
-        if installed.joinpath("config.json").is_file():
-            return str(installed)
-    except (ModuleNotFoundError, NotADirectoryError, OSError):
-        pass
-    return str(checkout)
 
 
 def run(
