@@ -99,6 +99,26 @@ def wrap(text: str, font: ImageFont.FreeTypeFont, width: float | None) -> list[s
     return lines
 
 
+def _margin(pixels: int, margin: int | None) -> int:
+    """The margin in pixels: `margin`, else a quarter of the font's pixel size (at least 1)."""
+    return max(1, pixels // 4) if margin is None else int(margin)
+
+
+def _draw(lines: list[str], face: ImageFont.FreeTypeFont, pixels: int, line_spacing: float, canvas: tuple[int, int],
+          background, colour, origin: tuple[int, int], centred_in: int | None = None) -> Image.Image:
+    """`lines` on a new `canvas` from `origin` (top-left of the text block), each line centred in a
+    block `centred_in` pixels wide when given, else left-aligned."""
+    image = Image.new("RGB", tuple(canvas), _rgb(background))
+    draw = ImageDraw.Draw(image)
+    step = max(1, round(pixels * line_spacing))
+    fill = _rgb(colour)
+    x0, y0 = origin
+    for i, line in enumerate(lines):
+        lx = x0 + (centred_in - round(face.getlength(line))) // 2 if centred_in is not None else x0
+        draw.text((lx, y0 + i * step), line, font=face, fill=fill)
+    return image
+
+
 def _layout(text: str, font: ImageFont.FreeTypeFont, pixels: int, width: float | None,
             line_spacing: float) -> tuple[list[str], int, int]:
     lines = wrap(text, font, width)
@@ -132,7 +152,7 @@ def render_text(
         raise ValueError("render_text needs a non-empty string")
     pixels = pixel_size(font_size, dpi)
     face = _font(font, pixels)
-    margin = max(1, pixels // 4) if margin is None else int(margin)
+    margin = _margin(pixels, margin)
     width = size[0] if width is None and size is not None else width
     inner = None if width is None else width - 2 * margin
     if inner is not None and inner <= 0:
@@ -142,13 +162,7 @@ def render_text(
     if w + 2 * margin > canvas[0] or h + 2 * margin > canvas[1]:
         raise ValueError(f"the text needs {w + 2 * margin}x{h + 2 * margin} px at {pixels} px per line, more "
                          f"than the canvas {canvas[0]}x{canvas[1]}; use a smaller font_size or fit_text")
-    image = Image.new("RGB", tuple(canvas), _rgb(background))
-    draw = ImageDraw.Draw(image)
-    step = max(1, round(pixels * line_spacing))
-    fill = _rgb(colour)
-    for i, line in enumerate(lines):
-        draw.text((margin, margin + i * step), line, font=face, fill=fill)
-    return image
+    return _draw(lines, face, pixels, line_spacing, canvas, background, colour, (margin, margin))
 
 
 def fit_pixels(text: str, size: tuple[int, int] | int, *, font: str = "sans", max_pixels: int | None = None,
@@ -157,7 +171,7 @@ def fit_pixels(text: str, size: tuple[int, int] | int, *, font: str = "sans", ma
     `text`, wrapped at the canvas width, fits a `size` canvas; ValueError if not even `min_pixels`."""
     width, height = (size, size) if isinstance(size, int) else size
     for pixels in range(max_pixels or height, min_pixels - 1, -1):
-        m = max(1, pixels // 4) if margin is None else int(margin)
+        m = _margin(pixels, margin)
         if width - 2 * m <= 0:
             continue
         _, w, h = _layout(text, _font(font, pixels), pixels, width - 2 * m, line_spacing)
@@ -186,14 +200,8 @@ def fit_text(
     pixels = fit_pixels(text, (width, height), font=font, max_pixels=max_pixels, min_pixels=min_pixels,
                         margin=margin, line_spacing=line_spacing)
     face = _font(font, pixels)
-    m = max(1, pixels // 4) if margin is None else int(margin)
+    m = _margin(pixels, margin)
     lines, w, h = _layout(text, face, pixels, width - 2 * m, line_spacing)
-    image = Image.new("RGB", (width, height), _rgb(background))
-    draw = ImageDraw.Draw(image)
-    x0 = (width - w) // 2 if centre else m
-    y0 = (height - h) // 2 if centre else m
-    step = max(1, round(pixels * line_spacing))
-    for i, line in enumerate(lines):
-        lx = x0 + (w - round(face.getlength(line))) // 2 if centre else x0
-        draw.text((lx, y0 + i * step), line, font=face, fill=_rgb(colour))
-    return image
+    origin = ((width - w) // 2, (height - h) // 2) if centre else (m, m)
+    return _draw(lines, face, pixels, line_spacing, (width, height), background, colour, origin,
+                 centred_in=w if centre else None)
