@@ -96,13 +96,16 @@ class PrefixCache:
             self._store.move_to_end(key)
         return kv
 
+    @staticmethod
+    def _size(kv: list[tuple[Tensor, Tensor]]) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+
     def put(self, key: bytes, kv: list[tuple[Tensor, Tensor]]) -> None:
-        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
         self._store[key] = kv
-        self._bytes += size
+        self._bytes += self._size(kv)
         while self._bytes > self.max_bytes and len(self._store) > 1:
             _, old = self._store.popitem(last=False)
-            self._bytes -= sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in old)
+            self._bytes -= self._size(old)
 
     def __len__(self) -> int:
         return len(self._store)
