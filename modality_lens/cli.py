@@ -35,30 +35,24 @@ def _option(check: Callable[..., Any], *names: str) -> Callable[[str], Any]:
     return parse
 
 
-def _device(text: str) -> str:
-    from hooks.loading import parse_device  # imports torch: only when --device is given
+def _loading_check(name: str) -> Callable[[str], str]:
+    """An argparse type that checks its text with `hooks.loading.<name>` and keeps the text;
+    hooks.loading (and torch) is imported only when the option is given."""
 
-    try:
-        parse_device(text)
-    except ModalityLensError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return text
+    def check(text: str) -> str:
+        from hooks import loading
 
+        getattr(loading, name)(text)
+        return text
 
-def _dtype(text: str) -> str:
-    from hooks.loading import parse_dtype
-
-    try:
-        parse_dtype(text)
-    except ModalityLensError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return text
+    check.__name__ = name
+    return _option(check)
 
 
 def _add_model_options(parser: argparse.ArgumentParser, remote_code: bool) -> None:
-    parser.add_argument("--device", type=_device, default=None,
+    parser.add_argument("--device", type=_loading_check("parse_device"), default=None,
                         help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    parser.add_argument("--dtype", type=_dtype, default=None,
+    parser.add_argument("--dtype", type=_loading_check("parse_dtype"), default=None,
                         help="float32, bfloat16, float16 or auto (default: float32)")
     if remote_code:
         parser.add_argument("--trust-remote-code", action="store_true",
