@@ -13,6 +13,7 @@ model's input size (`auto_image_size`) or a dataset folder.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from typing import Any, Sequence
 
 from hooks.prompts import PromptItem
@@ -61,10 +62,12 @@ def case_pairs(tokenizer: Any, cases: Sequence[Any]) -> list[CandidatePair]:
     return [case_pair(tokenizer, case) for case in cases]
 
 
-def builtin_cases(name: str, *, seed: int, n_per_cell: int, image_size: int | None) -> tuple[list[Any], dict]:
-    """(cases, dataset record for run.json) of a built-in set."""
+def builtin_cases(name: str, *, seed: int, n_per_cell: int, image_size: int | None,
+                  limit: int | None = None) -> tuple[list[Any], dict]:
+    """(cases, dataset record for run.json) of a built-in set; with `limit`, its first `limit`
+    cases only, and only their scenes are drawn and hashed (the generators are lazy)."""
     generate = {"colour": colour_cases, "shapes": shape_cases}[name]
-    cases = list(generate(n_per_cell, seed, image_size=image_size))
+    cases = list(itertools.islice(generate(n_per_cell, seed, image_size=image_size), limit))
     digest = hashlib.sha256()
     seen: set[str] = set()
     for case in cases:
@@ -75,12 +78,16 @@ def builtin_cases(name: str, *, seed: int, n_per_cell: int, image_size: int | No
             seen.add(case.image_name)
             digest.update(case.open_image().tobytes())
     parameters = {"n_per_cell": n_per_cell, "image_size": image_size, "generator": name}
+    if limit is not None:  # the hash and the count are of the cases used
+        parameters["limit"] = int(limit)
     return cases, {"source": f"builtin:{name}", "parameters": parameters, "seed": seed,
                    "hash": "sha256:" + digest.hexdigest(), "n_cases": len(cases)}
 
 
-def load_cases(dataset: str | None, *, seed: int, n_per_cell: int, image_size: int | None) -> tuple[list[Any], dict]:
-    """Cases and their run.json record: a built-in name ("colour", "shapes") or a dataset folder.
+def load_cases(dataset: str | None, *, seed: int, n_per_cell: int, image_size: int | None,
+               limit: int | None = None) -> tuple[list[Any], dict]:
+    """Cases and their run.json record: a built-in name ("colour", "shapes") or a dataset folder;
+    `limit` keeps the first `limit` cases (of a built-in set, only those are generated).
 
     Every case of a folder is held to every rule of `interp.datasets.validate` (as `modality-lens
     dataset check` does), so a broken case stops the run before anything is written.
@@ -89,7 +96,8 @@ def load_cases(dataset: str | None, *, seed: int, n_per_cell: int, image_size: i
         DatasetError: the folder is unreadable, holds no cases, or a case breaks a rule.
     """
     if dataset is None or dataset in BUILTIN_DATASETS:
-        return builtin_cases(dataset or "colour", seed=seed, n_per_cell=n_per_cell, image_size=image_size)
+        return builtin_cases(dataset or "colour", seed=seed, n_per_cell=n_per_cell, image_size=image_size,
+                             limit=limit)
     cases = load_dataset(dataset)
     if not cases:
         raise DatasetError(f"{dataset} holds no cases (its cases.jsonl is empty): nothing to run; write the "
@@ -101,5 +109,6 @@ def load_cases(dataset: str | None, *, seed: int, n_per_cell: int, image_size: i
             raise DatasetError(f"{dataset}: {err}. Fix that line of cases.jsonl or write the dataset again; "
                                f"`modality-lens dataset check {dataset}` lists the rules") from None
     info = dataset_info(dataset)
+    cases = cases[:limit] if limit is not None else cases
     return cases, {"source": str(dataset), "parameters": info.get("parameters"), "seed": info.get("seed"),
                    "hash": info.get("content_hash"), "n_cases": len(cases)}

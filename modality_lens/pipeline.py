@@ -150,15 +150,13 @@ def run(
     threads = None if threads is None else check_positive("threads", threads)
     # a dataset folder is read and every case validated before the model is loaded
     folder = None if checked["dataset"] in (None, *BUILTIN_DATASETS) else load_cases(
-        checked["dataset"], seed=seed, n_per_cell=n_per_cell, image_size=None)
+        checked["dataset"], seed=seed, n_per_cell=n_per_cell, image_size=None, limit=limit)
     if threads is not None:
         torch.set_num_threads(int(threads))
     source = model or default_model()
     vlm = load_vlm(source, device=device, dtype=dtype)
     size = auto_image_size(vlm.processor) if image_size == "auto" else image_size
-    cases, data_info = folder or load_cases(dataset, seed=seed, n_per_cell=n_per_cell, image_size=size)
-    if limit is not None:
-        cases = cases[: int(limit)]
+    cases, data_info = folder or load_cases(dataset, seed=seed, n_per_cell=n_per_cell, image_size=size, limit=limit)
     # refuse untokenisable or identical answers before writing anything (the memo keeps their ids)
     memo = PassMemo(vlm) if reuse else None
     if memo is not None:

@@ -169,6 +169,24 @@ def test_built_in_scenes_are_drawn_at_the_model_input_size():
     assert auto_image_size(tiny_model("gemma3")[1]) == 32           # size {height, width}
 
 
+def test_limit_draws_only_the_scenes_of_the_cases_it_keeps(monkeypatch):
+    """`--limit 14` of the colour set: its first 14 cases, equal to those of the full set, from
+    the 2 scenes they use (12 cases per scene: 4 text tiers x 3 kinds), not from all of them."""
+    import interp.datasets.colour as colour
+    from modality_lens.cases import builtin_cases
+
+    full, full_info = builtin_cases("colour", seed=2, n_per_cell=1, image_size=32)
+    drawn = []
+    original = colour.draw_colour_scene
+    monkeypatch.setattr(colour, "draw_colour_scene", lambda *a, **k: drawn.append(a[0]) or original(*a, **k))
+    part, info = builtin_cases("colour", seed=2, n_per_cell=1, image_size=32, limit=14)
+    assert drawn == [0, 1]  # visual tiers 0 and 1: one scene each
+    assert [c.id for c in part] == [c.id for c in full[:14]]
+    assert all(a.open_image().tobytes() == b.open_image().tobytes() for a, b in zip(part, full))
+    assert (info["n_cases"], full_info["n_cases"]) == (14, len(full)) and info["hash"] != full_info["hash"]
+    assert info["parameters"]["limit"] == 14 and "limit" not in full_info["parameters"]
+
+
 @pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])  # a prefix-cache class; one with dedupe only
 def test_reuse_gives_the_rows_of_the_uncached_computation(family):
     """Dedupe (and the prefix cache where the class has one) against `reuse=False`, row by row."""
