@@ -192,6 +192,15 @@ def skills_text(cfg: TinyVLMConfig) -> str:
                 f"  tiers ({cfg.n_shape_scenes} pre-drawn), \"What shape is the {{colour}} object?\", vision-only, "
                 "text-only or both\n  as above with the same reliabilities; a wrong text shape is absent from the "
                 "image.\n")
+    if cfg.pretrain_steps > 0:
+        out += (f"- Before the VLM is trained on the mix above, a stage that trains its vision tower alone "
+                f"({cfg.pretrain_steps} steps of\n  {cfg.pretrain_batch} images, lr {cfg.pretrain_lr}; "
+                "`modality_lens.tiny_vlm.pretrain`): a small reader (dropped afterwards)\n  asked the colour of "
+                "a shape on the colour scenes, the shape of a colour on the shape-set scenes and\n  the word of a "
+                "rendered colour word"
+                + (f", plus the patch loss of `modality_lens.tiny_vlm.aux` (weight {cfg.pretrain_aux})"
+                   if cfg.pretrain_aux > 0 else "")
+                + f". In the VLM\n  stage the tower then learns at {cfg.tower_lr_scale} x the learning rate.\n")
     if cfg.aux_weight > 0:
         out += (f"- An auxiliary loss on the vision tower during training only (weight {cfg.aux_weight}): per image\n"
                 "  token, the shape and colour of the object covering most of its patch, or background\n"
@@ -272,7 +281,7 @@ def read_record(model_dir: Path) -> tuple[dict, TinyVLMConfig]:
     return record, cfg
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--seed", type=int, default=TinyVLMConfig.seed)
@@ -304,6 +313,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="weight of the tower's auxiliary patch loss during training (0: off)")
     parser.add_argument("--n-shape-scenes", type=int, default=TinyVLMConfig.n_shape_scenes,
                         help="pre-drawn shape-set scenes for the shape task")
+    parser.add_argument("--n-scenes", type=int, default=TinyVLMConfig.n_scenes,
+                        help="pre-drawn colour scenes of the training pool")
+    parser.add_argument("--threads", type=int, default=TinyVLMConfig.threads,
+                        help="torch CPU threads (the weights are reproducible for the same thread count)")
+    parser.add_argument("--pretrain-steps", type=int, default=TinyVLMConfig.pretrain_steps,
+                        help="steps of the vision tower's pretraining stage before the VLM's (0: none)")
+    parser.add_argument("--pretrain-aux", type=float, default=TinyVLMConfig.pretrain_aux,
+                        help="weight of the patch loss in the pretraining stage (0: off)")
+    parser.add_argument("--tower-lr-scale", type=float, default=TinyVLMConfig.tower_lr_scale,
+                        help="the tower's learning rate in the VLM stage, as a multiple of the others'")
     parser.add_argument("--eval-seed", type=int, default=1000)
     parser.add_argument("--eval-n", type=int, default=16, help="held-out groups per (visual, text) tier cell")
     parser.add_argument("--metrics-only", type=Path, default=None, metavar="DIR",
@@ -312,7 +331,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --metrics-only: store the metrics in DIR/training.json and rewrite DIR/MODEL_CARD.md")
     parser.add_argument("--write-card", type=Path, default=None, metavar="DIR",
                         help="rewrite DIR/MODEL_CARD.md from DIR/training.json (no training)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.write_card is not None:
         record, cfg = read_record(args.write_card)
         write_card(args.write_card, cfg, record["log"], record["metrics"], args.eval_seed, args.eval_n)
@@ -338,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
                         text_distractor_share=args.text_distractor_share, local_layers=args.local_layers,
                         local_window=args.local_window, vision_hidden=args.vision_hidden,
                         vision_layers=args.vision_layers, read_share=args.read_share, shape_share=args.shape_share,
-                        n_shape_scenes=args.n_shape_scenes, aux_weight=args.aux_weight)
+                        n_shape_scenes=args.n_shape_scenes, aux_weight=args.aux_weight,
+                        threads=args.threads, n_scenes=args.n_scenes, pretrain_steps=args.pretrain_steps, pretrain_aux=args.pretrain_aux,
+                        tower_lr_scale=args.tower_lr_scale)
     start = time.time()
     model, processor, log = train(cfg)
     save(model, processor, args.out, metadata={"config": cfg.to_dict(), "log": log})

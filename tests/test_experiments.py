@@ -105,3 +105,13 @@ def test_compare_tiny_recipes_trains_a_few_steps_and_reports_every_check(tmp_pat
     assert all(counts(a, 24) for a in result["vision_tiers"]) and all(counts(a, 32) for a in result["shape_tiers"])
     assert counts(result["word_t0"], 18) and counts(result["context_read"], 60)
     assert (tmp_path / "smoke_model" / "config.json").is_file()
+
+
+def test_tower_probe_script(tmp_path):
+    out = run("probe_tower.py", "--steps", "2", "--every", "1", "--batch", "4", "--aux", "1.0",
+              "--vision-hidden", "32", "--vision-layers", "2", cwd=tmp_path)
+    lines = [line for line in out.splitlines() if line.startswith("step ")]
+    assert len(lines) == 2 and "mean of tiers 1-6" in lines[-1]
+    result = json.loads(out.splitlines()[-1])
+    assert result["steps"] == 2 and sorted(result["accuracy"]) == [str(t) for t in range(7)]
+    assert all(0 <= a <= 1 for a in result["accuracy"].values())

@@ -352,3 +352,57 @@ def test_the_auxiliary_head_trains_the_tower_and_is_not_saved(tmp_path):
     hooks = [h for layer in with_aux.model.vision_tower.encoder.layers for h in layer._forward_hooks.values()]
     assert not any(getattr(h, "__name__", "") == "_keep" for h in hooks)  # the training hook is gone
     assert load_vlm(save(with_aux, processor, tmp_path / "m")).self_check_report.ok
+
+
+def _pretrain_setup(**overrides):
+    from modality_lens.tiny_vlm.recipe import build_processor
+
+    cfg = TinyVLMConfig(**{**TINY, "vision_layers": 2, "pretrain_steps": 3, "pretrain_batch": 8,
+                           "pretrain_aux": 1.0, **overrides})
+    processor = build_processor(cfg)
+    pool = ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size, patch=cfg.patch_size)
+    shapes = ShapePool.draw(cfg.n_shape_scenes, cfg.seed, cfg.image_size, patch=cfg.patch_size)
+    return cfg, processor, pool, shapes
+
+
+def test_pretraining_moves_only_the_tower_and_is_deterministic():
+    from modality_lens.tiny_vlm.pretrain import pretrain_tower
+
+    cfg, processor, pool, shapes = _pretrain_setup()
+    runs = []
+    for _ in range(2):
+        model = build_model(cfg, len(processor.tokenizer))
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        log = pretrain_tower(model, processor, cfg, pool, shapes, log_every=1)
+        runs.append((model, log))
+        moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+        assert moved and all(".vision_tower." in f".{n}" for n in moved), sorted(moved)[:3]
+        # the tower's last layer is not read (vision_feature_layer = -2) and gets no gradient
+        assert not any(f"layers.{cfg.vision_layers - 1}." in n for n in moved)
+    (a, log_a), (b, log_b) = runs
+    assert [h["loss"] for h in log_a["history"]] == [h["loss"] for h in log_b["history"]]
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert a.state_dict().keys() == build_model(cfg, len(processor.tokenizer)).state_dict().keys()
+
+
+def test_pretraining_refuses_missing_pools():
+    from modality_lens.tiny_vlm.pretrain import pretrain_tower
+
+    cfg, processor, pool, shapes = _pretrain_setup()
+    model = build_model(cfg, len(processor.tokenizer))
+    with pytest.raises(ValueError, match="n_shape_scenes"):
+        pretrain_tower(model, processor, cfg, pool, None)
+    unlabelled = ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size)
+    with pytest.raises(ValueError, match="patch labels"):
+        pretrain_tower(model, processor, cfg, unlabelled, shapes)
+
+
+def test_the_tower_learns_at_its_own_rate_in_the_vlm_stage():
+    """tower_lr_scale = 0: the VLM stage leaves the tower as it was and trains everything else."""
+    cfg = TinyVLMConfig(**{**TINY, "tower_lr_scale": 0.0})
+    trained, processor, _ = train(cfg, progress=False)
+    start = dict(build_model(cfg, len(processor.tokenizer)).named_parameters())  # seeded: the initial weights
+    after = dict(trained.named_parameters())
+    tower = [n for n in after if "vision_tower" in n]
+    assert tower and all(torch.equal(after[n], start[n]) for n in tower)
+    assert not torch.equal(after["lm_head.weight"], start["lm_head.weight"])

@@ -87,6 +87,11 @@ class TinyVLMConfig:
     shape_share: float = 0.0  # of all examples: the shape task on shape-set scenes
     aux_weight: float = 0.0  # weight of the tower's auxiliary patch loss (modality_lens.tiny_vlm.aux; 0: off)
     n_shape_scenes: int = 0  # pre-drawn shape-set scenes (0: no shape task)
+    pretrain_steps: int = 0  # steps of the tower's pretraining stage before the VLM's (modality_lens.tiny_vlm.pretrain)
+    pretrain_batch: int = 64  # images per pretraining step
+    pretrain_lr: float = 1e-3
+    pretrain_aux: float = 0.0  # weight of the patch loss during pretraining (0: off)
+    tower_lr_scale: float = 1.0  # the tower's learning rate in the VLM stage, as a multiple of `lr`
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -23,6 +23,7 @@ from hooks.prompts import render_prompt
 from interp.datasets.drawing import COLOURS, SHAPES
 from modality_lens.tiny_vlm.mix import Example, ScenePool, TrainingMix
 from modality_lens.tiny_vlm.aux import PatchHead
+from modality_lens.tiny_vlm.pretrain import pretrain_tower
 from modality_lens.tiny_vlm.reading import ShapePool
 from modality_lens.tiny_vlm.recipe import TinyVLMConfig, build_model, build_processor
 
@@ -74,23 +75,26 @@ def train(cfg: TinyVLMConfig, *, pool: ScenePool | None = None, log_every: int =
     processor = processor or build_processor(cfg)
     tok = processor.tokenizer
     model = model or build_model(cfg, len(tok))
-    patch = cfg.patch_size if cfg.aux_weight > 0 else None
+    patch = cfg.patch_size if cfg.aux_weight > 0 or cfg.pretrain_aux > 0 else None
     pool = pool or ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size, same_colour_share=cfg.same_colour_share,
                                   patch=patch)
     shapes = ShapePool.draw(cfg.n_shape_scenes, cfg.seed, cfg.image_size, patch=patch) if cfg.n_shape_scenes else None
     drawn_s = time.time() - start
+    pre_log = (pretrain_tower(model, processor, cfg, pool, shapes, progress=_pretrain_progress(progress))
+               if cfg.pretrain_steps else None)
     mix = TrainingMix(pool, cfg, shapes)
     label_ids = {c: tok.convert_tokens_to_ids(c) for c in COLOURS + SHAPES}
     aux = _Aux(model, cfg) if cfg.aux_weight > 0 else None
     params = list(model.parameters()) + (list(aux.head.parameters()) if aux else [])
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(_param_groups(model, aux, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            betas=(0.9, 0.98))
     model.train()
     history, running = [], []
     it = batches(mix, cfg.batch_size)
     bar = tqdm(range(cfg.steps), desc="training", disable=not progress, mininterval=5)
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = _lr(step, cfg)
+            group["lr"] = _lr(step, cfg) * group["scale"]
         opt.zero_grad(set_to_none=True)
         parts = [part for part in next(it) if part]
         loss_total = sum(_backward(model, processor, part, label_ids, cfg, aux) for part in parts)
@@ -107,7 +111,24 @@ def train(cfg: TinyVLMConfig, *, pool: ScenePool | None = None, log_every: int =
     model.eval()
     log = {"history": history, "wall_s": time.time() - start, "scene_drawing_s": drawn_s,
            "params": sum(p.numel() for p in model.parameters())}
+    if pre_log is not None:
+        log["pretrain"] = pre_log
     return model, processor, log
+
+
+def _param_groups(model: Any, aux: Any, cfg: TinyVLMConfig) -> list[dict[str, Any]]:
+    """The optimiser's groups: the vision tower at `tower_lr_scale` x the learning rate, the rest at 1x."""
+    tower = {id(p) for p in model.model.vision_tower.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in tower] + (list(aux.head.parameters()) if aux else [])
+    return [{"params": [p for p in model.parameters() if id(p) in tower], "scale": cfg.tower_lr_scale},
+            {"params": rest, "scale": 1.0}]
+
+
+def _pretrain_progress(progress: bool):
+    if not progress:
+        return None
+    return lambda h: print(f"pretraining step {h['step']}: loss {h['loss']:.3f}, batch accuracy "
+                           f"{h['batch_accuracy']:.3f}, {h['elapsed_s'] / 60:.1f} min", flush=True)
 
 
 class _Aux:

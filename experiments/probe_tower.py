@@ -1,0 +1,93 @@
+"""Can a vision tower alone bind a colour to the asked shape? A probe of the tiny VLM's tower.
+
+Trains a CLIP tower of the tiny VLM's recipe (no language model) with the pretraining stage's
+reader (`modality_lens.tiny_vlm.pretrain.Reader`) on one task: asked a shape, the colour of the
+target in a colour scene of visual tiers 0-6. Every step draws new scenes unless `--pool N`
+(then N scenes are drawn once and sampled, as the VLM stage's pool is). `--aux W` adds the patch
+loss of `modality_lens.tiny_vlm.aux`. Prints the held-out accuracy per visual tier (700 scenes of
+another seed, distractors never in the target's colour, as in the evaluation set) every
+`--every` steps. docs/datasets.md, "The tower alone", has what it measured.
+
+    python experiments/probe_tower.py --steps 2000 --aux 1.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+
+from modality_lens.tiny_vlm.aux import PatchHead
+from modality_lens.tiny_vlm.mix import ScenePool
+from modality_lens.tiny_vlm.pretrain import Reader, _tower_states
+from modality_lens.tiny_vlm.recipe import TinyVLMConfig, build_model, build_processor
+
+TIERS = range(7)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--aux", type=float, default=0.0, help="weight of the patch loss (0: off)")
+    parser.add_argument("--pool", type=int, default=0, help="draw N scenes once and sample them (0: new every step)")
+    parser.add_argument("--vision-hidden", type=int, default=128)
+    parser.add_argument("--vision-layers", type=int, default=4)
+    parser.add_argument("--every", type=int, default=250)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = TinyVLMConfig(vision_hidden=args.vision_hidden, vision_layers=args.vision_layers, text_layers=2)
+    processor = build_processor(cfg)
+    tower = build_model(cfg, len(processor.tokenizer)).model.vision_tower
+    torch.manual_seed(0)
+    reader, head = Reader(cfg.vision_hidden), PatchHead(cfg.vision_hidden)
+    params = [*tower.parameters(), *reader.parameters(), *(head.parameters() if args.aux else ())]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    pixels = lambda images: processor.image_processor(images=images, return_tensors="pt")["pixel_values"]  # noqa
+    test = ScenePool.draw(700, 999, cfg.image_size, tiers=TIERS)
+    patch = cfg.patch_size if args.aux else None
+    pool = ScenePool.draw(args.pool, 0, cfg.image_size, tiers=TIERS, same_colour_share=0.8, patch=patch) \
+        if args.pool else None
+    rng, start, result = np.random.default_rng(0), time.time(), {}
+    for step in range(args.steps):
+        lr = args.lr * min(1.0, (step + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        if pool is None:
+            batch = ScenePool.draw(args.batch, 10_000 + step, cfg.image_size, tiers=TIERS, same_colour_share=0.8,
+                                   patch=patch)
+            idx = np.arange(args.batch)
+        else:
+            batch, idx = pool, rng.integers(len(pool), size=args.batch)
+        states = _tower_states(tower, pixels([batch.images[i] for i in idx]))
+        loss = torch.nn.functional.cross_entropy(reader(states, torch.as_tensor(batch.target_shape[idx])),
+                                                 torch.as_tensor(batch.target_colour[idx]))
+        if args.aux:
+            loss = loss + args.aux * head.loss(states, [batch.patches[i] for i in idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if (step + 1) % args.every == 0 or step + 1 == args.steps:
+            with torch.no_grad():
+                guess = torch.cat([reader(_tower_states(tower, pixels(test.images[i:i + 100])),
+                                          torch.as_tensor(test.target_shape[i:i + 100])).argmax(-1)
+                                   for i in range(0, len(test), 100)]).numpy()
+            ok = guess == test.target_colour
+            result = {int(t): round(float(ok[test.visual_tier == t].mean()), 3) for t in TIERS}
+            mean = float(np.mean([result[t] for t in TIERS if t > 0]))
+            print(f"step {step + 1} ({(time.time() - start) / 60:.1f} min): {result}, mean of tiers 1-6 {mean:.3f}",
+                  flush=True)
+    print(json.dumps({"steps": args.steps, "aux": args.aux, "pool": args.pool, "accuracy": result}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

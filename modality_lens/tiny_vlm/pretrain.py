@@ -1,0 +1,141 @@
+"""A vision-tower pretraining stage, before the VLM is trained: form first, then language.
+
+Measured (docs/datasets.md, "The tower alone"): trained end to end through the answer token,
+the tower's image tokens carry colour but hardly form, and binding a colour to the asked shape
+among distractors stays near chance. Trained alone, with a small reader in place of the
+language model and freshly drawn scenes every step, the same tower learns it, slowly.
+**[ours]** `pretrain_steps > 0` runs that stage first:
+
+- the **reader** (`Reader`, used here only and then dropped): one attention layer whose query is
+  a learnt embedding of what is asked (a shape: "what colour is it?"; a colour: "what shape is
+  the object of this colour?"; `READ`: "what word is written?") over the projected tower states
+  that the VLM's projector will read (`vision_feature_layer` = -2), then an MLP and a classifier
+  over the 13 answer words (6 colours, 7 shapes);
+- each step samples colour scenes of all 14 visual tiers from the VLM stage's pool (the asked
+  shape is the target), shape-set scenes of its 4 tiers from the shape pool (the asked colour is
+  the target's), and renders colour words afresh (`reading.word_image`), in the shares
+  `PRETRAIN_SHARES` (drawing scenes afresh every step costs as much as the step itself);
+- plus, with `pretrain_aux > 0`, the patch loss of `modality_lens.tiny_vlm.aux` on the scenes
+  (shape and colour of the object covering each patch);
+- AdamW at `pretrain_lr`, the warm-up and cosine decay of the main stage, gradients clipped to 1.
+
+Deterministic for a seed (each step's draws come from a generator seeded by (seed, step)). The
+saved model is a stock `LlavaForConditionalGeneration`: only the tower's weights come out of this
+stage; the reader and the patch head are discarded.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from interp.datasets.drawing import COLOURS, SHAPES
+from modality_lens.tiny_vlm.aux import PatchHead
+from modality_lens.tiny_vlm.mix import ScenePool
+from modality_lens.tiny_vlm.reading import ShapePool, word_image
+from modality_lens.tiny_vlm.recipe import TinyVLMConfig
+
+__all__ = ["Reader", "pretrain_tower", "PRETRAIN_SHARES", "ANSWERS", "READ"]
+
+ANSWERS: tuple[str, ...] = COLOURS + SHAPES
+"""The reader's answer words, in this order."""
+READ = len(SHAPES) + len(COLOURS)
+"""The query index of "what word is written?" (queries: the shapes, then the colours, then READ)."""
+PRETRAIN_SHARES = (0.5, 0.25, 0.25)
+"""Shares of a pretraining batch: colour scenes, shape-set scenes, rendered words **[ours]**."""
+_STREAM = 23
+
+
+class Reader(nn.Module):
+    """What is asked (a query index) attends over tower states; returns logits over `ANSWERS`."""
+
+    def __init__(self, width: int, dim: int = 128, heads: int = 4) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(width, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.query = nn.Embedding(READ + 1, dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.out = nn.Linear(dim, len(ANSWERS))
+
+    def forward(self, states: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        keys = self.proj(states)
+        q = self.query(query)[:, None]
+        z = q + self.attn(q, keys, keys, need_weights=False)[0]
+        return self.out((z + self.mlp(z))[:, 0])
+
+
+def _tower_states(tower: Any, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The tower states the VLM's projector reads: hidden_states[-2] without the class token."""
+    return tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:]
+
+
+def _batch(cfg: TinyVLMConfig, step: int, n: int, pool: ScenePool, shapes: ShapePool, patch: bool):
+    """(images, query indices, answer indices, patch labels or None per image) of one step:
+    scenes sampled from the pools (as the VLM stage samples them), words drawn afresh."""
+    n_colour, n_shape = round(n * PRETRAIN_SHARES[0]), round(n * PRETRAIN_SHARES[1])
+    n_word = n - n_colour - n_shape
+    rng = np.random.default_rng([cfg.seed, _STREAM, step])
+    i, j = rng.integers(len(pool), size=n_colour), rng.integers(len(shapes), size=n_shape)
+    words = rng.integers(len(COLOURS), size=n_word)
+    images = ([pool.images[k] for k in i] + [shapes.images[k] for k in j]
+              + [word_image(COLOURS[w], cfg.image_size, rng) for w in words])
+    query = np.concatenate([pool.target_shape[i], len(SHAPES) + shapes.target_colour[j], np.full(n_word, READ)])
+    answer = np.concatenate([pool.target_colour[i], len(COLOURS) + shapes.target_shape[j], words])
+    labels: list[np.ndarray | None] = ([pool.patches[k] for k in i] + [shapes.patches[k] for k in j] if patch
+                                       else [None] * (n_colour + n_shape))
+    return images, torch.as_tensor(query), torch.as_tensor(answer), labels + [None] * n_word
+
+
+def _lr(step: int, cfg: TinyVLMConfig) -> float:
+    warm = min(cfg.warmup, max(1, cfg.pretrain_steps // 10))
+    if step < warm:
+        return cfg.pretrain_lr * (step + 1) / warm
+    progress = (step - warm) / max(1, cfg.pretrain_steps - warm)
+    return cfg.pretrain_lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def pretrain_tower(model: Any, processor: Any, cfg: TinyVLMConfig, pool: ScenePool, shapes: ShapePool, *,
+                   log_every: int = 100, progress: Any = None) -> dict[str, Any]:
+    """Train `model`'s vision tower in place for `cfg.pretrain_steps` steps on scenes of `pool`
+    and `shapes` (with patch labels when `cfg.pretrain_aux > 0`) and fresh rendered words;
+    returns the log (losses and the reader's accuracy on each logged stretch's batches, wall time)."""
+    if shapes is None:
+        raise ValueError("the pretraining stage needs shape-set scenes: set n_shape_scenes > 0")
+    if cfg.pretrain_aux > 0 and (pool.patches is None or shapes.patches is None):
+        raise ValueError("pretrain_aux > 0 needs pools drawn with patch labels (`patch=cfg.patch_size`)")
+    tower = model.model.vision_tower
+    reader = Reader(cfg.vision_hidden)
+    head = PatchHead(cfg.vision_hidden) if cfg.pretrain_aux > 0 else None
+    params = [*tower.parameters(), *reader.parameters(), *(head.parameters() if head else ())]
+    opt = torch.optim.AdamW(params, lr=cfg.pretrain_lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    start, history, running = time.time(), [], []
+    tower.train()
+    for step in range(cfg.pretrain_steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, cfg)
+        images, query, answer, labels = _batch(cfg, step, cfg.pretrain_batch, pool, shapes, head is not None)
+        pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        states = _tower_states(tower, pixels)
+        logits = reader(states, query)
+        loss = nn.functional.cross_entropy(logits, answer)
+        if head is not None:
+            loss = loss + cfg.pretrain_aux * head.loss(states, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        running.append((float(loss.detach()), float((logits.argmax(-1) == answer).float().mean())))
+        if (step + 1) % log_every == 0 or step + 1 == cfg.pretrain_steps:
+            loss_mean, acc = np.mean(running, axis=0)
+            history.append({"step": step + 1, "loss": float(loss_mean), "batch_accuracy": float(acc),
+                            "elapsed_s": time.time() - start})
+            running = []
+            if progress is not None:
+                progress(history[-1])
+    return {"history": history, "wall_s": time.time() - start}
+
