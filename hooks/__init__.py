@@ -39,6 +39,9 @@ _EXPORTS = {
     "steer": "hooks.interventions", "steering_effect": "hooks.interventions",
     "steering_effects": "hooks.interventions", "PositionMap": "hooks.interventions",
     "PatchingError": "hooks.interventions",
+    "knockout_heads": "hooks.interventions", "mean_ablate_heads": "hooks.interventions",
+    "patch_heads": "hooks.interventions", "head_sweep": "hooks.interventions",
+    "direct_logit_attribution": "hooks.interventions", "attention_mass": "hooks.interventions",
     "bridge_for": "hooks.tl_backend", "tl_lens": "hooks.tl_backend",
 }
 __all__ = sorted(_EXPORTS)

@@ -14,7 +14,11 @@ Adding an architecture
 2. Check whether the class's forward applies `final_logit_softcapping`: scale `lm_head`'s
    weights so the logits exceed the cap and compare `lm_head(norm(h))` with the model's logits.
 3. Note inputs the forward silently needs (e.g. Qwen's `mm_token_type_ids`).
-   Note a decoder layer's attention and MLP module names when they are not `self_attn` / `mlp`.
+   Note a decoder layer's attention and MLP module names when they are not `self_attn` / `mlp`,
+   and, for the head-level tools (`hooks.interventions.heads`), the attention output projection
+   (`out_proj`), the head-count config names and any post-sublayer ("sandwich") norms
+   (`output_norms`); `direct_logit_attribution` refuses a model whose terms do not rebuild its
+   final residual, which catches a wrong entry.
 4. `register_adapter(Adapter("MyVLMForConditionalGeneration", ...))`, or pass
    `adapter=` to `load_vlm`; then add the family to `hooks.tiny` and the test matrix.
 """
@@ -69,6 +73,16 @@ class Adapter:
         context / question) exactly: a causal language model whose image features all lie in
         the prefix, with 1-D positions. False (the safe default for a new class) runs full
         forwards; `hooks.prefix` says why for the classes here.
+    out_proj: the attention module's output projection, relative to it (`o_proj`); its input
+        is the concatenation of the heads' outputs, head h in columns `h*head_dim..(h+1)*head_dim`
+        (the per-head site of `hooks.interventions.heads`).
+    n_heads / n_kv_heads / head_dim: text-config attributes giving the number of query heads,
+        of key/value heads (grouped-query attention: `n_heads / n_kv_heads` query heads share
+        one key/value head) and the per-head width (missing: `hidden_size / n_heads`).
+    output_norms: the (attention, MLP) output norms of a "sandwich" decoder layer, applied to
+        a sublayer's output before the residual add (Gemma 2 / 3). Used only where a decoder
+        layer has the second one: a Gemma-1 layer's `post_attention_layernorm` is its pre-MLP
+        norm, and it has no `post_feedforward_layernorm`.
     """
 
     model_class: str
@@ -84,6 +98,11 @@ class Adapter:
     cross_attention: str | None = None
     mlp: str = "mlp"
     prefix_cache: bool = False
+    out_proj: str = "o_proj"
+    n_heads: str = "num_attention_heads"
+    n_kv_heads: str = "num_key_value_heads"
+    head_dim: str = "head_dim"
+    output_norms: tuple[str, str] | None = None
     notes: str = field(default="", compare=False)
 
     def skipped_layers(self, model: Any, has_image: bool) -> frozenset[int]:
@@ -132,6 +151,14 @@ class Adapter:
                 return int(value)
         raise UnsupportedModelError(f"{type(model).__name__}'s config names no image token id")
 
+    def head_shape(self, model: Any) -> tuple[int, int, int]:
+        """(query heads, key/value heads, head width) of the text decoder's attention."""
+        cfg = model.config.get_text_config()
+        n_heads = int(getattr(cfg, self.n_heads))
+        n_kv = int(getattr(cfg, self.n_kv_heads, None) or n_heads)
+        width = getattr(cfg, self.head_dim, None) or cfg.hidden_size // n_heads
+        return n_heads, n_kv, int(width)
+
     def reset_state(self, model: Any) -> None:
         for path in self.stateful:
             owner, _, attr = path.rpartition(".")
@@ -142,6 +169,7 @@ class Adapter:
 
 _REUSE = dict(prefix_cache=True)
 _QWEN = dict(required_inputs=("mm_token_type_ids",), stateful=("model.rope_deltas",))
+_SANDWICH = dict(output_norms=("post_attention_layernorm", "post_feedforward_layernorm"))
 
 ADAPTERS: dict[str, Adapter] = {
     a.model_class: a
@@ -154,9 +182,10 @@ ADAPTERS: dict[str, Adapter] = {
         Adapter("Qwen3VLForConditionalGeneration", "qwen3_vl", **_QWEN,
                 notes="deepstack adds visual features at image positions after the first layers; "
                       "the answer position is unaffected"),
-        Adapter("Gemma3ForConditionalGeneration", "gemma3", **_REUSE,
+        Adapter("Gemma3ForConditionalGeneration", "gemma3", **_REUSE, **_SANDWICH,
                 notes="final_logit_softcapping is not applied by this class in transformers 5"),
         Adapter("PaliGemmaForConditionalGeneration", "paligemma", softcap=True, text_only_format="{bos}{text}\n",
+                **_SANDWICH,
                 notes="PaliGemma 2 (Gemma-2 text) caps logits with tanh; PaliGemma 1 has no cap. The processor "
                       "builds image tokens + BOS + prompt + newline and has no chat template"),
         Adapter("Idefics3ForConditionalGeneration", "idefics3", lm_root="model.text_model", **_REUSE),

@@ -18,7 +18,10 @@ One module per job, each importing only the ones above it in this list:
 - `attention`: attention knockout (`knockout`) by editing the 4-D attention mask;
 - `directions`: steering directions (instructions, mean differences, `optimize_direction`);
 - `steering`: adding a direction (`steer`) and its effect on text-following
-  (`steering_effect`; the report is `interp.steering.SteeringReport`).
+  (`steering_effect`; the report is `interp.steering.SteeringReport`);
+- `heads`: single attention heads as sites (`knockout_heads`, `mean_ablate_heads`,
+  `patch_heads`, `head_sweep`); `attribution`: direct logit attribution per head and MLP
+  (`direct_logit_attribution`); `attention_mass`: where each head looks (`attention_mass`).
 
 The family-specific module names (a decoder layer's attention and MLP) come from the model's
 adapter (`hooks.adapters.Adapter.attention`, `.cross_attention`, `.mlp`).
@@ -41,7 +44,12 @@ from hooks.interventions.directions import (
     optimize_direction,
     with_instruction,
 )
+from hooks.interventions.attention_mass import (QUERY_SETS, SPANS, AttentionMass, attention_mass, query_weights,
+                                               span_membership)
+from hooks.interventions.attribution import LogitAttribution, direct_logit_attribution, frozen_norm_scale
 from hooks.interventions.groups import GROUPS, PositionMap, PositionSpec, map_positions, positions
+from hooks.interventions.heads import (HeadSweep, check_heads, head_means, head_shape, head_sweep, knockout_heads,
+                                      knockout_sets, layer_heads, mean_ablate_heads, patch_heads)
 from hooks.interventions.patching import PatchingSweep, patch, patching_sweep
 from hooks.interventions.readouts import AnswerReadout, InterventionResult, kept_in_both, read_answer, readout
 from hooks.interventions.steering import steer, steering_effect, steering_effects
@@ -78,4 +86,23 @@ __all__ = [
     "steer",
     "steering_effect",
     "steering_effects",
+    "HeadSweep",
+    "head_shape",
+    "layer_heads",
+    "check_heads",
+    "knockout_heads",
+    "head_means",
+    "mean_ablate_heads",
+    "patch_heads",
+    "knockout_sets",
+    "head_sweep",
+    "LogitAttribution",
+    "direct_logit_attribution",
+    "frozen_norm_scale",
+    "SPANS",
+    "QUERY_SETS",
+    "AttentionMass",
+    "attention_mass",
+    "span_membership",
+    "query_weights",
 ]
