@@ -97,12 +97,14 @@ def region_labels(
     return out
 
 
-def _percentile_ci(means: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_ci(means: np.ndarray, level: float) -> tuple[float, float]:
+    """The central `level` percentile interval of bootstrap statistics `means`."""
     q = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
     return float(q[0]), float(q[1])
 
 
-def _boot_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+def boot_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """`n_boot` means of `values` resampled with replacement (one row of draws per replicate)."""
     return values[rng.integers(0, values.size, size=(n_boot, values.size))].mean(axis=1)
 
 
@@ -152,8 +154,8 @@ def summarise_oscillations(
         v = values[label_arr == name]
         lo = hi = None
         if v.size >= 2 and n_boot > 0:
-            boots[name] = _boot_means(v, n_boot, rng)
-            lo, hi = _percentile_ci(boots[name], ci_level)
+            boots[name] = boot_means(v, n_boot, rng)
+            lo, hi = percentile_ci(boots[name], ci_level)
         summaries.append(
             RegionMean(region=name, n=int(v.size), mean=float(v.mean()) if v.size else None, ci_low=lo, ci_high=hi)
         )
@@ -163,7 +165,7 @@ def summarise_oscillations(
     if amb.mean is not None and clear.mean is not None:
         difference = amb.mean - clear.mean
         if "ambiguous" in boots and "clear" in boots:
-            diff_ci = _percentile_ci(boots["ambiguous"] - boots["clear"], ci_level)
+            diff_ci = percentile_ci(boots["ambiguous"] - boots["clear"], ci_level)
     else:
         notes.append("no difference: the ambiguous or the clear region is empty")
     n_unassigned = sum(lab is None for lab in labels)

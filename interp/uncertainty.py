@@ -39,12 +39,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NMLP_TOP_K",
+    "RESPONSE_SUMMARIES",
+    "RESPONSE_WINDOW",
+    "answer_probability",
     "candidate_entropy",
     "count_zero_guard",
     "dh_rel",
     "entropy",
     "nmlp_confidence",
     "one_minus_max_p",
+    "response_confidence",
     "top2_margin",
 ]
 
@@ -337,3 +341,56 @@ def count_zero_guard(h_t: Any, h_v: Any) -> int:
     t = np.asarray(h_t, dtype=np.float64)
     v = np.asarray(h_v, dtype=np.float64)
     return int(np.count_nonzero(t + v == 0))
+
+
+# --------------------------------------------------------------------------- answers and responses
+RESPONSE_SUMMARIES = ("mean", "tail", "lowest_window")
+"""How per-token confidences become a response's confidence (METHOD §3.1)."""
+RESPONSE_WINDOW = 4
+"""Tokens of the tail and of the sliding window **[ours]**: Du et al. and DeepConf use windows of
+thousands of tokens over reasoning chains; our answers are one to a few words."""
+
+
+def answer_probability(logits: Any, ids: Sequence[int], dim: int = -1) -> np.ndarray:
+    """``P(answer) = sum_{y in ids} p(y)``: the probability of an answer's first-token id set.
+
+    ``ids`` are the answer's first tokens (its spelling variants, ``interp.candidates``);
+    computed as ``exp(logsumexp(log p[ids]))``. numpy in, numpy out; NaN handling as
+    :func:`entropy`.
+    """
+    if _is_torch(logits):
+        logits = logits.detach().float().cpu().numpy()
+    logp = _numpy_log_softmax(_numpy_float(logits, dim))
+    chosen = sorted({int(i) for i in ids})
+    if not chosen or min(chosen) < 0 or max(chosen) >= logp.shape[-1]:
+        raise CaseError(f"answer ids {chosen} are empty or outside the vocabulary of {logp.shape[-1]} tokens")
+    with np.errstate(divide="ignore"):
+        return np.exp(scipy.special.logsumexp(logp[..., chosen], axis=-1))
+
+
+def response_confidence(token_confidence: Any, how: str = "mean", window: int = RESPONSE_WINDOW) -> float:
+    """A response's confidence from its tokens' confidences (METHOD §3.1), higher = more confident.
+
+    - ``"mean"``: the mean over the generated tokens (Du et al.'s response confidence);
+    - ``"tail"``: the mean over the last ``window`` tokens;
+    - ``"lowest_window"``: the lowest mean over sliding windows of ``window`` consecutive tokens
+      (DeepConf's lowest group confidence: a response is as sure as its least sure stretch).
+
+    A response shorter than ``window`` is one window. The token confidences are any per-token
+    index where higher means surer (NMLP, the token's probability); for an index where lower
+    means surer (entropy, ``1 - max p``), negate it first.
+    """
+    c = np.asarray(token_confidence, dtype=np.float64).ravel()
+    if c.size == 0:
+        raise ValueError("a response needs at least one token")
+    if how not in RESPONSE_SUMMARIES:
+        raise ValueError(f"unknown response summary {how!r}; choose from {', '.join(RESPONSE_SUMMARIES)}")
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+        raise ValueError(f"window must be a positive integer; got {window!r}")
+    if how == "mean":
+        return float(c.mean())
+    w = min(int(window), c.size)
+    if how == "tail":
+        return float(c[-w:].mean())
+    sums = np.convolve(c, np.ones(w), mode="valid")
+    return float(sums.min() / w)

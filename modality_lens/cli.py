@@ -1,4 +1,4 @@
-"""The `modality-lens` command line: run | dataset | report | check | bench.
+"""The `modality-lens` command line: run | perturb | dataset | report | check | bench.
 
 Each command imports what it runs when it runs, so `modality-lens dataset` and `modality-lens
 report` never load torch or transformers. Every option is checked for type and range while
@@ -11,8 +11,10 @@ prints how to continue, exit 130. None of them prints a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 from interp.datasets.cli import register as register_dataset
@@ -99,6 +101,14 @@ def _run(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from modality_lens.report import report_main
 
+    try:  # a perturbation run's run.json says so; anything unreadable is report_main's to explain
+        job = json.loads((Path(args.run_dir) / "run.json").read_text()).get("job")
+    except (OSError, ValueError, AttributeError):
+        job = None
+    if job == "perturb":
+        from modality_lens.perturb import report_perturb_main
+
+        return report_perturb_main(args.run_dir)
     return report_main(args.run_dir)
 
 
@@ -138,6 +148,81 @@ def _add_run(sub: Any) -> None:
     run.set_defaults(func=_run)
 
 
+def _perturb(args: argparse.Namespace) -> int:
+    from modality_lens.perturb import run_perturb
+    from modality_lens.perturb_report import level_rows
+
+    run_dir = run_perturb(model=args.model, dataset=args.dataset, out=args.out, perturbations=args.perturbations,
+                          levels=args.levels, n_levels=args.n_levels, conflict=args.conflict,
+                          n_samples=args.n_samples, vcd_alpha=args.vcd_alpha, vcd_beta=args.vcd_beta,
+                          batch_size=args.batch_size, device=args.device, dtype=args.dtype, limit=args.limit,
+                          seed=args.seed, resume=args.resume, n_per_cell=args.n_per_cell,
+                          image_size=args.image_size, threads=args.threads)
+    for pass_name, perts in run_dir.read_summary()["passes"].items():
+        for name, entry in perts.items():
+            print(f"{pass_name} / {name}: level, accuracy [95% CI], max p, NMLP")
+            for row in level_rows(entry):
+                print(f"  {row[0]}  {row[2]}  {row[3]}  {row[4]}")
+    print(f"report: {run_dir.report_path.resolve()}")
+    return 0
+
+
+def _real_option(name: str, low: float, high: float | None = None) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not (value >= low and (high is None or value <= high)):
+            bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"{name} must be {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _add_perturb(sub: Any) -> None:
+    from modality_lens import perturb_args
+
+    p = sub.add_parser("perturb", help="confidence under visual perturbation: does the model know when it cannot see?",
+                       description="Run the vision-only (and with --conflict the conflict) pass of every case at every "
+                                   "level of every image perturbation through the per-layer lens; write records, "
+                                   "summary.json (accuracy, confidence, calibration, per-layer AUROC, voting), figures "
+                                   "and report.html.")
+    p.add_argument("--model", default=None, help="model directory, hub id or tiny:FAMILY (default: the shipped model)")
+    p.add_argument("--dataset", type=_option(checks.dataset_source), default=None,
+                   help="a dataset folder or a built-in set: colour (default), shapes")
+    p.add_argument("--out", default=None, help="run directory (default: runs/perturb-seed<SEED>)")
+    p.add_argument("--perturbations", type=_option(perturb_args.perturbations_option), default=None,
+                   help="comma-separated: noise, blur, occlusion, crop (default: all four)")
+    p.add_argument("--levels", type=_option(perturb_args.levels_option), default=None,
+                   help="comma-separated levels in [0, 1] (0, the original, is always added; default: i/N, i = 0..N)")
+    p.add_argument("--n-levels", type=_option(checks.positive_int, "--n-levels"), default=8,
+                   help="N of the probe levels i/N (diffusion steps round(i*999/N)), >= 1 (default 8)")
+    p.add_argument("--conflict", action="store_true", help="also the conflict pass (TFR against the level)")
+    p.add_argument("--n-samples", type=_option(checks.positive_int, "--n-samples"), default=32,
+                   help="answers sampled per row for the voting curves, >= 1 (default 32)")
+    p.add_argument("--vcd-alpha", type=_real_option("--vcd-alpha", 0.0), default=1.0,
+                   help="alpha of visual contrastive decoding, >= 0 (default 1)")
+    p.add_argument("--vcd-beta", type=_real_option("--vcd-beta", 0.0, 1.0), default=0.1,
+                   help="beta of VCD's plausibility cut-off, in [0, 1] (default 0.1)")
+    p.add_argument("--batch-size", type=_option(checks.positive_int, "--batch-size"), default=16,
+                   help="units per chunk and passes per batch, >= 1 (default 16)")
+    p.add_argument("--limit", type=_option(checks.positive_int, "--limit"), default=None,
+                   help="only the first N images (vision-only units), N >= 1")
+    p.add_argument("--seed", type=_option(checks.non_negative_int, "--seed"), default=0,
+                   help="seeds the dataset, the perturbations, the samples and every bootstrap (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
+    p.add_argument("--n-per-cell", type=_option(checks.positive_int, "--n-per-cell"), default=None,
+                   help="built-in sets: groups per (visual, text) tier cell, >= 1 (default 16)")
+    p.add_argument("--image-size", type=_option(checks.image_size_option), default="auto",
+                   help="built-in sets: auto, paper, or pixels")
+    p.add_argument("--threads", type=_option(checks.positive_int, "--threads"), default=None,
+                   help="CPU threads for torch, >= 1")
+    _add_model_options(p, remote_code=False)
+    p.set_defaults(func=_perturb)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from modality_lens.shipped import shipped_image_size
 
@@ -147,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
+    _add_perturb(sub)
     report = sub.add_parser("report", help="redraw the figures and report.html of a run directory")
     report.add_argument("run_dir")
     report.set_defaults(func=_report)
@@ -193,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = " Run the same command with --resume to continue it." if args.command == "run" else ""
+        hint = " Run the same command with --resume to continue it." if args.command in ("run", "perturb") else ""
         print(f"\nmodality-lens {args.command}: interrupted.{hint}", file=sys.stderr)
         return INTERRUPTED
     finally:

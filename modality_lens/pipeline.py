@@ -182,7 +182,7 @@ def run(
         _fill_run(run_dir, vlm, cases, batch_size=batch_size, progress=progress, reuse=reuse, memo=memo,
                   n_boot=n_boot, figures=figures)
     except BaseException:
-        _discard_if_empty(run_dir, new_folder)
+        discard_if_empty(run_dir, new_folder)
         raise
     finally:
         run_dir.close()
@@ -209,7 +209,7 @@ def _fill_run(run_dir: RunDir, vlm: VLM, cases: Sequence[Any], *, batch_size: in
         write_report(run_dir)
 
 
-def _discard_if_empty(run_dir: RunDir, new_folder: bool) -> None:
+def discard_if_empty(run_dir: RunDir, new_folder: bool) -> None:
     """A run that this call created and that failed (or was interrupted) before its first case
     was committed leaves nothing to resume: its folder is removed, so that the same command can
     simply be run again. A folder that existed before, or holds committed cases, stays."""

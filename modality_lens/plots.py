@@ -94,20 +94,22 @@ class RunData:
         return cls(cases=cases.to_pylist(), summary=summary, layers=layers, run_info=info)
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A `width` x `height` inch figure at the report's DPI, on an Agg canvas (no pyplot state)."""
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, out: str | Path) -> Path:
+def save_figure(fig: Figure, out: str | Path) -> Path:
+    """`fig` as a PNG at `out` (folders made; no software tag, so the bytes are reproducible)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", dpi=DPI, metadata={"Software": None})
     return out
 
 
-def _note(ax: Axes, text: str) -> None:
+def figure_note(ax: Axes, text: str) -> None:
     """An empty panel that says why it is empty."""
     ax.set_xticks([])
     ax.set_yticks([])
@@ -128,15 +130,15 @@ def plot_following_curve(run: "RunDir | str | Path | RunData", out: str | Path) 
     """P(follow text) against dH_rel: Wilson-binned points, logistic fit, balance point with its CI, isotonic fit."""
     data = RunData.load(run)
     s, curve = data.summary, data.summary["curve"]
-    fig = _figure(7.0, 5.0)
+    fig = new_figure(7.0, 5.0)
     ax = fig.add_subplot()
     rows = [c for c in _kept_conflict(data.cases) if c["label"] in ("text", "vision")
             and c["dh_rel"] is not None and math.isfinite(c["dh_rel"])]
     if not rows:
-        _note(ax, "No kept conflict case follows either modality: there is no following curve. "
+        figure_note(ax, "No kept conflict case follows either modality: there is no following curve. "
                   f"{s['n_kept']} kept of {s['n_conflict']} conflict cases.")
         ax.set_title("Following curve")
-        return _save(fig, out)
+        return save_figure(fig, out)
     x = np.array([c["dh_rel"] for c in rows])
     y = np.array([c["label"] == "text" for c in rows], dtype=float)
     jitter = np.random.default_rng(0).uniform(-0.025, 0.025, x.size)
@@ -174,14 +176,14 @@ def plot_following_curve(run: "RunDir | str | Path | RunData", out: str | Path) 
                 transform=ax.transAxes, fontsize=7, color="#a00000")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, frameon=False)
     ax.set_title("Following curve (kept conflict cases)")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 # --------------------------------------------------------------------------- entropy and tiers
 def _tier_panel(ax: Axes, tiers: list[dict[str, Any]], label: str, entropy: str, colour: str) -> None:
     usable = [t for t in tiers if t["mean_entropy"] is not None or t["accuracy"] is not None]
     if not usable:
-        _note(ax, f"No {label} tier in this run's cases.")
+        figure_note(ax, f"No {label} tier in this run's cases.")
         ax.set_title(f"{entropy} by {label} tier")
         return
     t = np.array([r["tier"] for r in usable])
@@ -210,11 +212,11 @@ def plot_entropy_tiers(run: "RunDir | str | Path | RunData", out: str | Path) ->
     """H_v against the visual tier (vision-only pass) and H_t against the text tier (text-only pass), with accuracy."""
     data = RunData.load(run)
     tiers = data.summary["tiers"]
-    fig = _figure(10.0, 4.0)
+    fig = new_figure(10.0, 4.0)
     left, right = fig.subplots(1, 2)
     _tier_panel(left, tiers["visual"], "visual", "H_v", VISION_COLOUR)
     _tier_panel(right, tiers["text"], "text", "H_t", TEXT_COLOUR)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 # --------------------------------------------------------------------------- heat map
@@ -275,12 +277,12 @@ def plot_logit_diff_heatmap(run: "RunDir | str | Path | RunData", out: str | Pat
     """Layer x dH_rel-bin heat map of the mean conflict-pass logit difference (paper Fig. 6a)."""
     data = RunData.load(run)
     edges, layer_ids, grid, counts = logit_diff_grid(data.cases, data.layers)
-    fig = _figure(7.5, 5.0)
+    fig = new_figure(7.5, 5.0)
     ax = fig.add_subplot()
     ax.set_title("Logit difference logit(text) − logit(image), conflict pass")
     if grid.size == 0 or not np.isfinite(grid).any():
-        _note(ax, "No kept conflict case with conflict-pass layer rows: nothing to draw.")
-        return _save(fig, out)
+        figure_note(ax, "No kept conflict case with conflict-pass layer rows: nothing to draw.")
+        return save_figure(fig, out)
     vmax = float(np.nanmax(np.abs(grid))) or 1.0
     layer_edges = np.concatenate([layer_ids - 0.5, [layer_ids[-1] + 0.5]])
     mesh = ax.pcolormesh(edges, layer_edges, np.ma.masked_invalid(grid), cmap="RdBu_r",
@@ -296,7 +298,7 @@ def plot_logit_diff_heatmap(run: "RunDir | str | Path | RunData", out: str | Pat
     centres = (edges[:-1] + edges[1:]) / 2
     top.set_xticks(centres, [str(int(c)) for c in counts], fontsize=7)
     top.set_xlabel("cases per bin", fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 # --------------------------------------------------------------------------- trajectories
@@ -330,7 +332,7 @@ def plot_trajectories(run: "RunDir | str | Path | RunData", out: str | Path, per
     data = RunData.load(run)
     samples = sample_cases(data.cases, data.layers, per_region)
     names = list(samples)
-    fig = _figure(3.3 * per_region, 2.7 * len(names) + 0.4)
+    fig = new_figure(3.3 * per_region, 2.7 * len(names) + 0.4)
     axes = np.atleast_2d(fig.subplots(len(names), per_region, squeeze=False))
     wanted = {c["case_id"] for group in samples.values() for c in group}
     rows = data.layers.filter(pc.is_in(data.layers.column("case_id"), pa.array(sorted(wanted), pa.string()))) \
@@ -344,7 +346,7 @@ def plot_trajectories(run: "RunDir | str | Path | RunData", out: str | Path, per
             ax = axes[i, j]
             if j >= len(samples[name]):
                 if j == 0:
-                    _note(ax, f"No {name} case with layer rows.")
+                    figure_note(ax, f"No {name} case with layer rows.")
                 else:
                     ax.set_axis_off()
                 continue
@@ -372,7 +374,7 @@ def plot_trajectories(run: "RunDir | str | Path | RunData", out: str | Path, per
     else:
         fig.suptitle("Sample trajectories (conflict pass); squares: top-1 class per layer "
                      "(red text, blue image, grey other)", fontsize=9)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 # --------------------------------------------------------------------------- oscillations
@@ -383,12 +385,12 @@ def plot_oscillations(run: "RunDir | str | Path | RunData", out: str | Path) -> 
     bars = [("ambiguous", s["oscillation"]["ambiguous"], "#ff7f0e"),
             ("clear", s["oscillation"]["clear"], "#7f7f7f")]
     bars += [(name.replace("_", "\n"), entry, "#bcbd22") for name, entry in s["controls"].items()]
-    fig = _figure(6.5, 4.2)
+    fig = new_figure(6.5, 4.2)
     ax = fig.add_subplot()
     ax.set_title("Oscillations (vision ↔ text switches) per region and control")
     if all(entry["mean"] is None for _, entry, _ in bars):
-        _note(ax, s["oscillation"]["note"] or "No case has a switch count.")
-        return _save(fig, out)
+        figure_note(ax, s["oscillation"]["note"] or "No case has a switch count.")
+        return save_figure(fig, out)
     for x, (name, entry, colour) in enumerate(bars):
         mean = entry["mean"]
         if mean is None:
@@ -406,7 +408,7 @@ def plot_oscillations(run: "RunDir | str | Path | RunData", out: str | Path) -> 
     ax.set_ylim(0, max(top, 0.1) * (1.6 if s["balance_point"] is None and note else 1.15))
     if s["balance_point"] is None and note:
         ax.text(0.01, 0.98, textwrap.fill(note, 80), transform=ax.transAxes, va="top", fontsize=7, color="#a00000")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 # --------------------------------------------------------------------------- all

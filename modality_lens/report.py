@@ -20,7 +20,7 @@ from modality_lens.rundir import RunDir
 
 __all__ = ["format_summary", "report_main", "write_report"]
 
-_CSS = """
+REPORT_CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
        color: #222; line-height: 1.4; padding: 0 1em; }
 h1 { font-size: 1.5em; margin-bottom: 0.2em; }
@@ -98,7 +98,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines + [f"warning: {w}" for w in summary.get("warnings") or []])
 
 
-def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
+def html_table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
+    """An HTML table, every cell escaped; columns from `numeric_from` on are right-aligned numbers."""
     out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
     for row in rows:
         cells = "".join(
@@ -116,7 +117,8 @@ def _tier_rows(tiers: list[dict[str, Any]]) -> list[list[str]]:
             for t in tiers]
 
 
-def _provenance(info: dict[str, Any]) -> list[list[str]]:
+def provenance_rows(info: dict[str, Any]) -> list[list[str]]:
+    """The report's provenance table rows (model, dataset, toolkit commit, libraries, arguments) of run.json."""
     model, dataset = info.get("model") or {}, info.get("dataset") or {}
     tool = info.get("toolkit") or {}
     git = tool.get("git") or {}
@@ -158,12 +160,12 @@ def write_report(run_dir: RunDir | str | Path) -> Path:
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>modality-lens run: {html.escape(run.path.name)}</title>",
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{REPORT_CSS}</style></head><body>",
         f"<h1>modality-lens run <code>{html.escape(run.path.name)}</code></h1>",
         '<p class="muted">Which modality does the model follow under conflict, and where is it decided? '
         "ΔH_rel = 2 (H_t − H_v) / (H_t + H_v); entropies in nats; intervals are 95%.</p>",
         "<h2>Key numbers</h2>",
-        _table(["", "value"], [[k, v] for k, v in key_numbers(s)], numeric_from=2),
+        html_table(["", "value"], [[k, v] for k, v in key_numbers(s)], numeric_from=2),
     ]
     notes = list(s.get("notes") or [])
     for where, note in (("oscillation", s["oscillation"].get("note")),
@@ -184,11 +186,11 @@ def write_report(run_dir: RunDir | str | Path) -> Path:
     header = ["tier", "cases", "accuracy [95% CI]", "mean entropy ± SD (nats)", "kept", "TFR (kept)"]
     parts += [
         "<h2>Tiers</h2>",
-        "<p>Visual tiers: vision-only pass (accuracy of Y_v, H_v).</p>", _table(header, _tier_rows(tiers["visual"])),
-        "<p>Text tiers: text-only pass (accuracy of Y_t, H_t).</p>", _table(header, _tier_rows(tiers["text"])),
+        "<p>Visual tiers: vision-only pass (accuracy of Y_v, H_v).</p>", html_table(header, _tier_rows(tiers["visual"])),
+        "<p>Text tiers: text-only pass (accuracy of Y_t, H_t).</p>", html_table(header, _tier_rows(tiers["text"])),
         f'<p class="muted">{html.escape(tiers["note"])}</p>',
         "<h2>Provenance</h2>",
-        _table(["", ""], _provenance(info), numeric_from=2),
+        html_table(["", ""], provenance_rows(info), numeric_from=2),
         f'<p class="muted">Records: cases.parquet, layers.parquet, summary.json and run.json in '
         f"<code>{html.escape(str(run.path))}</code>.</p>",
         "</body></html>",

@@ -7,7 +7,9 @@
 - ``save_dataset`` / ``load_dataset``: the folder of PNGs + cases.jsonl + dataset.json;
 - ``draw_scene`` / ``draw_colour_scene`` / ``text_context``: the building blocks, e.g. for
   training a small model at low resolution; ``vocabulary()``: every token they can emit;
-- ``render_text`` / ``fit_text``: any text drawn into an image (fonts that ship with matplotlib).
+- ``render_text`` / ``fit_text``: any text drawn into an image (fonts that ship with matplotlib);
+- ``perturb`` / ``PERTURBATIONS``: an image degraded at a level in [0, 1] (diffusion noise, blur,
+  occlusion of the target's box, edge crops), deterministic for a seed (METHOD §3.2).
 
 See docs/datasets.md for the tier tables and the choices marked [ours].
 """
@@ -32,6 +34,7 @@ from interp.datasets.drawing import (
     shape_mask,
 )
 from interp.datasets.mc2 import Mc2Import, load_mc2
+from interp.datasets.perturb import PERTURBATIONS, diffusion_levels, perturb
 from interp.datasets.render import FONTS, fit_text, render_text
 from interp.datasets.shapes import SHAPE_TIERS, ShapeGroup, draw_shape_scene, shape_case, shape_cases, shape_group
 from interp.datasets.storage import dataset_info, load_dataset, save_dataset
@@ -47,9 +50,9 @@ from interp.vocabulary import CONTROLS, normalise_answer
 
 __all__ = [
     "CASE_KINDS", "CONTROLS", "COLOURS", "COLOUR_RGB", "COLOUR_TIERS", "Case", "ColourGroup", "FONTS", "INSTRUCTION",
-    "Mc2Import", "PlacedShape", "RULES", "SHAPES", "SHAPE_TIERS", "Scene", "ShapeGroup",
+    "Mc2Import", "PERTURBATIONS", "PlacedShape", "RULES", "SHAPES", "SHAPE_TIERS", "Scene", "ShapeGroup",
     "TierSpec", "build_prompt", "colour_case", "colour_cases", "colour_group", "dataset_info",
-    "draw_colour_scene", "draw_scene", "draw_shape_scene", "fit_text", "load_dataset", "load_mc2",
-    "normalise_answer", "render_text", "save_dataset", "shape_case", "shape_cases", "shape_group",
+    "diffusion_levels", "draw_colour_scene", "draw_scene", "draw_shape_scene", "fit_text", "load_dataset", "load_mc2",
+    "normalise_answer", "perturb", "render_text", "save_dataset", "shape_case", "shape_cases", "shape_group",
     "shape_mask", "shape_text_context", "text_context", "validate", "vocabulary", "words",
 ]
