@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from PIL import Image, ImageDraw
@@ -18,6 +20,23 @@ def circle(colour, size=(48, 32)) -> Image.Image:
     im = Image.new("RGB", size, (255, 255, 255))
     ImageDraw.Draw(im).ellipse([4, 4, size[0] - 5, size[1] - 5], fill=colour)
     return im
+
+
+HEAD_ITEMS = [PromptItem(QUESTION, "The circle is purple .", circle((30, 60, 220))),
+              PromptItem(QUESTION, "It is red .", circle((30, 200, 30))),
+              PromptItem("What colour is the circle ?", "The small circle is green and round .", circle((220, 30, 30)))]
+"""Three conflict items of different lengths (left padding in a batch): the head-level tests' set."""
+HEAD_ANSWERS = [("purple", "blue"), ("red", "green"), ("green", "red")]
+"""(text answer, image answer) of each of `HEAD_ITEMS`."""
+
+
+@functools.cache
+def cached_vlm(family: str):
+    """`load_vlm(tiny_model(family))`, loaded once per test session."""
+    from hooks.loading import load_vlm
+    from hooks.tiny import tiny_model
+
+    return load_vlm(tiny_model(family))
 
 
 @pytest.fixture(scope="session")

@@ -3,29 +3,21 @@ plain forwards and plain PyTorch hooks on the attention output projection (no nn
 
 from __future__ import annotations
 
-import functools
 
 import pytest
 import torch
 
 import hooks.interventions as P
 from hooks.interventions.heads import head_means
-from hooks.loading import load_vlm
-from hooks.prompts import PromptItem
-from hooks.tiny import tiny_model
 from interp.candidates import candidate_pair
-from tests.conftest import QUESTION, circle
+from tests.conftest import HEAD_ANSWERS, HEAD_ITEMS, cached_vlm
 
 FAMILIES = ("llava", "qwen2_5_vl", "gemma3", "paligemma2")  # every tiny text model has 4 query / 2 kv heads
-ANSWERS = [("purple", "blue"), ("red", "green"), ("green", "red")]
-ITEMS = [PromptItem(QUESTION, "The circle is purple .", circle((30, 60, 220))),
-         PromptItem(QUESTION, "It is red .", circle((30, 200, 30))),
-         PromptItem("What colour is the circle ?", "The small circle is green and round .", circle((220, 30, 30)))]
+ANSWERS = HEAD_ANSWERS
+ITEMS = HEAD_ITEMS
 
 
-@functools.cache
-def _vlm(family):
-    return load_vlm(tiny_model(family))
+_vlm = cached_vlm
 
 
 @pytest.fixture(params=FAMILIES)

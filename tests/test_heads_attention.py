@@ -4,27 +4,19 @@ batching with left padding changes nothing."""
 
 from __future__ import annotations
 
-import functools
 
 import pytest
 import torch
 
 import hooks.interventions as P
 from hooks.interventions.attention_mass import _recompute
-from hooks.loading import load_vlm
-from hooks.prompts import PromptItem
-from hooks.tiny import tiny_model
-from tests.conftest import QUESTION, circle
+from tests.conftest import HEAD_ITEMS, cached_vlm
 
 FAMILIES = ("llava", "qwen2_5_vl", "qwen3_vl", "gemma3", "paligemma", "mistral3", "mllama")
-ITEMS = [PromptItem(QUESTION, "The circle is purple .", circle((30, 60, 220))),
-         PromptItem(QUESTION, "It is red .", circle((30, 200, 30))),
-         PromptItem("What colour is the circle ?", "The small circle is green and round .", circle((220, 30, 30)))]
+ITEMS = HEAD_ITEMS
 
 
-@functools.cache
-def _vlm(family):
-    return load_vlm(tiny_model(family))
+_vlm = cached_vlm
 
 
 def _with(vlm, impl):

@@ -4,31 +4,25 @@ same batched with left padding as one case at a time."""
 
 from __future__ import annotations
 
-import functools
 
 import pytest
 import torch
 
 import hooks.interventions as P
 from hooks.loading import load_vlm
-from hooks.prompts import PromptItem
 from hooks.tiny import tiny_model
 from interp.candidates import candidate_pair
 from interp.errors import UnsupportedModelError
-from tests.conftest import QUESTION, circle
+from tests.conftest import HEAD_ANSWERS, HEAD_ITEMS, cached_vlm
 
 # GQA everywhere (4 query heads, 2 key/value heads); gemma3 and paligemma2 have sandwich norms,
 # paligemma2 soft-caps its logits, qwen3_vl has q/k norms and deepstack.
 FAMILIES = ("llava", "qwen2_5_vl", "qwen3_vl", "gemma3", "paligemma2", "mistral3", "internvl", "idefics3")
-ITEMS = [PromptItem(QUESTION, "The circle is purple .", circle((30, 60, 220))),
-         PromptItem(QUESTION, "It is red .", circle((30, 200, 30))),
-         PromptItem("What colour is the circle ?", "The small circle is green and round .", circle((220, 30, 30)))]
-ANSWERS = [("purple", "blue"), ("red", "green"), ("green", "red")]
+ITEMS = HEAD_ITEMS
+ANSWERS = HEAD_ANSWERS
 
 
-@functools.cache
-def _vlm(family):
-    return load_vlm(tiny_model(family))
+_vlm = cached_vlm
 
 
 def _pairs(vlm):
