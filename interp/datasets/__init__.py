@@ -8,6 +8,9 @@
 - ``draw_scene`` / ``draw_colour_scene`` / ``text_context``: the building blocks, e.g. for
   training a small model at low resolution; ``vocabulary()``: every token they can emit;
 - ``render_text`` / ``fit_text``: any text drawn into an image (fonts that ship with matplotlib);
+- ``item_formats`` / ``REST_PLUS`` / ``soebench``: items in the text, image and mixed formats, the
+  REST+ rendering variants, SoEBench systems and their parsers (METHOD §2; ``load_items`` for a
+  JSONL of question / answer / context, ``sign_images`` for the typographic conflict);
 - ``perturb`` / ``PERTURBATIONS``: an image degraded at a level in [0, 1] (diffusion noise, blur,
   occlusion of the target's box, edge crops), deterministic for a seed (METHOD §3.2).
 
@@ -33,9 +36,21 @@ from interp.datasets.drawing import (
     draw_scene,
     shape_mask,
 )
+from interp.datasets.formats import (
+    REST_PLUS,
+    ConsistencyItem,
+    FormattedItem,
+    Variant,
+    colour_items,
+    item_formats,
+    load_items,
+    sign_images,
+    soe_items,
+)
 from interp.datasets.mc2 import Mc2Import, load_mc2
 from interp.datasets.perturb import PERTURBATIONS, diffusion_levels, perturb
 from interp.datasets.render import FONTS, fit_text, render_text
+from interp.datasets.soebench import SoeItem, parse_soe, soebench
 from interp.datasets.shapes import SHAPE_TIERS, ShapeGroup, draw_shape_scene, shape_case, shape_cases, shape_group
 from interp.datasets.storage import dataset_info, load_dataset, save_dataset
 from interp.datasets.text import (
@@ -49,7 +64,9 @@ from interp.datasets.validate import RULES, validate
 from interp.vocabulary import CONTROLS, normalise_answer
 
 __all__ = [
-    "CASE_KINDS", "CONTROLS", "COLOURS", "COLOUR_RGB", "COLOUR_TIERS", "Case", "ColourGroup", "FONTS", "INSTRUCTION",
+    "CASE_KINDS", "CONTROLS", "COLOURS", "COLOUR_RGB", "COLOUR_TIERS", "Case", "ColourGroup", "ConsistencyItem",
+    "FONTS", "FormattedItem", "INSTRUCTION", "REST_PLUS", "SoeItem", "Variant", "colour_items", "item_formats",
+    "load_items", "parse_soe", "sign_images", "soe_items", "soebench",
     "Mc2Import", "PERTURBATIONS", "PlacedShape", "RULES", "SHAPES", "SHAPE_TIERS", "Scene", "ShapeGroup",
     "TierSpec", "build_prompt", "colour_case", "colour_cases", "colour_group", "dataset_info",
     "diffusion_levels", "draw_colour_scene", "draw_scene", "draw_shape_scene", "fit_text", "load_dataset", "load_mc2",

@@ -1,0 +1,122 @@
+"""The arguments and the items of the consistency study, checked before a model is loaded or a file written.
+
+`check_consistency_arguments` returns a `ConsistencyArguments`; `ConsistencyArguments.items()`
+builds the study's items (`interp.datasets.formats`): the colour set's conflict cases (their
+context sentences), SoEBench systems, or a user JSONL file. Light on purpose: no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from interp.datasets import COLOURS, colour_cases
+from interp.datasets.formats import DEFAULT_VARIANT, REST_PLUS, ConsistencyItem, Variant, colour_items, load_items, soe_items
+from interp.datasets.soebench import soebench
+from interp.errors import ArgumentError, DatasetError
+from modality_lens.arguments import check_run_arguments, positive_int
+
+__all__ = ["ConsistencyArguments", "check_consistency_arguments", "variants_option", "items_option", "VARIANT_SETS",
+           "ITEM_SOURCES"]
+
+ITEM_SOURCES = ("colour", "soebench")
+"""The built-in item sources (anything else must be a .jsonl file)."""
+VARIANT_SETS: dict[str, tuple[Variant, ...]] = {"default": (DEFAULT_VARIANT,), "rest+": REST_PLUS}
+"""``--variants``: the default rendering only, or the ten REST+ variants."""
+
+
+def items_option(value: Any) -> str:
+    """``colour``, ``soebench`` or the path of an existing .jsonl file."""
+    text = str(value)
+    if text in ITEM_SOURCES:
+        return text
+    path = Path(text)
+    if path.suffix != ".jsonl" or not path.is_file():
+        raise ArgumentError(f"--items must be one of {', '.join(ITEM_SOURCES)} or an existing .jsonl file "
+                            f"(question / answer / optional context per line); got {text!r}")
+    return text
+
+
+def variants_option(value: Any) -> str:
+    if value not in VARIANT_SETS:
+        raise ArgumentError(f"--variants must be one of {', '.join(VARIANT_SETS)}; got {value!r}")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class ConsistencyArguments:
+    """The checked arguments of `modality_lens.consistency.run_consistency`."""
+
+    items_source: str
+    n_items: int
+    variants: str
+    max_new_tokens: int
+    ocr: bool
+    ocr_max_new_tokens: int
+    batch_size: int
+    limit: int | None
+    seed: int
+    n_boot: int
+    out: Path
+    threads: int | None
+
+    @property
+    def variant_list(self) -> tuple[Variant, ...]:
+        return VARIANT_SETS[self.variants]
+
+    def items(self) -> list[ConsistencyItem]:
+        """The items: `n_items` of a built-in source (seeded), or the JSONL file's (`limit` of them)."""
+        if self.items_source == "colour":
+            per_cell = math.ceil(self.n_items / 4)
+            cases = colour_cases(per_cell, self.seed, image_size=32, visual_tiers=[0], controls=False)
+            items = colour_items(cases, COLOURS)[:self.n_items]
+        elif self.items_source == "soebench":
+            items = soe_items(soebench(self.n_items, seed=self.seed))
+        else:
+            items = load_items(self.items_source)
+        items = items[:self.limit] if self.limit else items
+        if not items:
+            raise DatasetError("no items to ask; give --n-items >= 1 or a JSONL file with at least one item")
+        return items
+
+    def data_info(self, items: list[ConsistencyItem]) -> dict[str, Any]:
+        """run.json's dataset entry: the source and a hash of every item's content."""
+        content = [[i.item_id, i.question, i.context, i.answer, i.task, list(i.allowed), list(i.accepted),
+                    i.variables, i.pattern] for i in items]
+        digest = hashlib.sha256(json.dumps(content).encode()).hexdigest()
+        return {"source": self.items_source, "parameters": {"n_items": self.n_items, "seed": self.seed},
+                "hash": digest, "n_items": len(items)}
+
+    def run_info(self, vlm: Any, source: str, items: list[ConsistencyItem]) -> dict[str, Any]:
+        import torch
+
+        from modality_lens.provenance import weights_hash
+
+        local = Path(source).is_dir()
+        arguments = {k: v for k, v in asdict(self).items() if k not in ("out", "seed")}
+        arguments.update({"dtype": str(vlm.dtype).removeprefix("torch."), "threads": torch.get_num_threads()})
+        return {"job": "consistency",
+                "model": {"source": str(Path(source).resolve()) if local else source,
+                          "weights_hash": weights_hash(source) if local else None,
+                          "class": vlm.adapter.model_class, "n_layers": vlm.n_layers,
+                          "self_check": str(vlm.self_check_report)},
+                "dataset": self.data_info(items), "seed": self.seed, "arguments": arguments,
+                "device": str(vlm.device)}
+
+
+def check_consistency_arguments(*, items: Any, n_items: Any, variants: Any, max_new_tokens: Any, ocr: Any,
+                                ocr_max_new_tokens: Any, threads: Any, batch_size: Any, limit: Any, seed: Any,
+                                n_boot: Any, out: Any, resume: bool) -> ConsistencyArguments:
+    """Every argument of the study, checked (ArgumentError naming the option and the fix)."""
+    checked = check_run_arguments(batch_size=batch_size, limit=limit, seed=seed, n_per_cell=1, image_size=None,
+                                  n_boot=n_boot, dataset=None, out=out, resume=resume)
+    return ConsistencyArguments(
+        items_source=items_option(items), n_items=positive_int("--n-items", n_items),
+        variants=variants_option(variants), max_new_tokens=positive_int("--max-new-tokens", max_new_tokens),
+        ocr=bool(ocr), ocr_max_new_tokens=positive_int("--ocr-max-new-tokens", ocr_max_new_tokens),
+        batch_size=checked["batch_size"], limit=checked["limit"], seed=checked["seed"], n_boot=checked["n_boot"],
+        out=checked["out"], threads=None if threads is None else positive_int("--threads", threads))
