@@ -1,4 +1,4 @@
-"""The `modality-lens` command line: run | perturb | dataset | report | check | bench.
+"""The `modality-lens` command line: run | perturb | consistency | dataset | report | check | bench.
 
 Each command imports what it runs when it runs, so `modality-lens dataset` and `modality-lens
 report` never load torch or transformers. Every option is checked for type and range while
@@ -61,6 +61,24 @@ def _add_model_options(parser: argparse.ArgumentParser, remote_code: bool) -> No
                             help="allow a checkpoint's own Python code (read it first)")
 
 
+def _add_job_options(parser: argparse.ArgumentParser, *, job: str, unit: str, batch_default: int, seeds: str) -> None:
+    """The options every job that writes a run directory takes (run, perturb, consistency)."""
+    parser.add_argument("--model", default=None,
+                        help="model directory, hub id or tiny:FAMILY (default: the shipped small trained VLM, "
+                             "data/tiny_vlm)")
+    parser.add_argument("--out", default=None, help=f"run directory (default: runs/{job}-seed<SEED>)")
+    parser.add_argument("--batch-size", type=_option(checks.positive_int, "--batch-size"), default=batch_default,
+                        help=f"{unit.split(' (')[0]} per batch, >= 1 (default {batch_default})")
+    parser.add_argument("--limit", type=_option(checks.positive_int, "--limit"), default=None,
+                        help=f"only the first N {unit}, N >= 1")
+    parser.add_argument("--seed", type=_option(checks.non_negative_int, "--seed"), default=0,
+                        help=f"seeds {seeds} and every bootstrap, >= 0 (default 0)")
+    parser.add_argument("--resume", action="store_true", help="continue a killed run in --out")
+    parser.add_argument("--threads", type=_option(checks.positive_int, "--threads"), default=None,
+                        help="CPU threads for torch, >= 1 (default: torch's own choice; 1 is faster on a busy machine)")
+    _add_model_options(parser, remote_code=False)
+
+
 def _check(args: argparse.Namespace) -> int:
     from hooks.loading import LoadNote, load_vlm, sample_items
 
@@ -105,6 +123,10 @@ def _report(args: argparse.Namespace) -> int:
         job = json.loads((Path(args.run_dir) / "run.json").read_text()).get("job")
     except (OSError, ValueError, AttributeError):
         job = None
+    if job == "consistency":
+        from modality_lens.consistency import report_consistency_main
+
+        return report_consistency_main(args.run_dir)
     if job == "perturb":
         from modality_lens.perturb import report_perturb_main
 
@@ -122,18 +144,8 @@ def _add_run(sub: Any) -> None:
     run = sub.add_parser("run", help="the main job: three passes per case, records, following curve, report",
                          description="Run the vision-only, text-only and conflict passes of every case through the "
                                      "per-layer logit lens; write records, summary.json, figures and report.html.")
-    run.add_argument("--model", default=None,
-                     help="model directory or hub id (default: the shipped small trained VLM, data/tiny_vlm)")
     run.add_argument("--dataset", type=_option(checks.dataset_source), default=None,
                      help="a dataset folder (modality-lens dataset ...) or a built-in set: colour (default), shapes")
-    run.add_argument("--out", default=None, help="run directory (default: runs/run-seed<SEED>)")
-    run.add_argument("--batch-size", type=_option(checks.positive_int, "--batch-size"), default=16,
-                     help="cases per batch, >= 1 (default 16)")
-    run.add_argument("--limit", type=_option(checks.positive_int, "--limit"), default=None,
-                     help="only the first N cases, N >= 1")
-    run.add_argument("--seed", type=_option(checks.non_negative_int, "--seed"), default=0,
-                     help="seeds the built-in dataset's generation and every bootstrap, >= 0 (default 0)")
-    run.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     run.add_argument("--n-per-cell", type=_option(checks.positive_int, "--n-per-cell"), default=None,
                      help="built-in sets: groups per (visual, text) tier cell, >= 1 (default 16)")
     run.add_argument("--image-size", type=_option(checks.image_size_option), default="auto",
@@ -142,9 +154,7 @@ def _add_run(sub: Any) -> None:
     run.add_argument("--no-reuse", dest="reuse", action="store_false",
                      help="compute every pass of every case as a full forward (no deduplication, no prefix cache; "
                           "the reference the reused computation must equal)")
-    run.add_argument("--threads", type=_option(checks.positive_int, "--threads"), default=None,
-                     help="CPU threads for torch, >= 1 (default: torch's own choice; 1 is faster on a busy machine)")
-    _add_model_options(run, remote_code=False)
+    _add_job_options(run, job="run", unit="cases", batch_default=16, seeds="the built-in dataset's generation")
     run.set_defaults(func=_run)
 
 
@@ -189,10 +199,9 @@ def _add_perturb(sub: Any) -> None:
                                    "level of every image perturbation through the per-layer lens; write records, "
                                    "summary.json (accuracy, confidence, calibration, per-layer AUROC, voting), figures "
                                    "and report.html.")
-    p.add_argument("--model", default=None, help="model directory, hub id or tiny:FAMILY (default: the shipped model)")
+
     p.add_argument("--dataset", type=_option(checks.dataset_source), default=None,
                    help="a dataset folder or a built-in set: colour (default), shapes")
-    p.add_argument("--out", default=None, help="run directory (default: runs/perturb-seed<SEED>)")
     p.add_argument("--perturbations", type=_option(perturb_args.perturbations_option), default=None,
                    help="comma-separated: noise, blur, occlusion, crop (default: all four)")
     p.add_argument("--levels", type=_option(perturb_args.levels_option), default=None,
@@ -206,21 +215,75 @@ def _add_perturb(sub: Any) -> None:
                    help="alpha of visual contrastive decoding, >= 0 (default 1)")
     p.add_argument("--vcd-beta", type=_real_option("--vcd-beta", 0.0, 1.0), default=0.1,
                    help="beta of VCD's plausibility cut-off, in [0, 1] (default 0.1)")
-    p.add_argument("--batch-size", type=_option(checks.positive_int, "--batch-size"), default=16,
-                   help="units per chunk and passes per batch, >= 1 (default 16)")
-    p.add_argument("--limit", type=_option(checks.positive_int, "--limit"), default=None,
-                   help="only the first N images (vision-only units), N >= 1")
-    p.add_argument("--seed", type=_option(checks.non_negative_int, "--seed"), default=0,
-                   help="seeds the dataset, the perturbations, the samples and every bootstrap (default 0)")
-    p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     p.add_argument("--n-per-cell", type=_option(checks.positive_int, "--n-per-cell"), default=None,
                    help="built-in sets: groups per (visual, text) tier cell, >= 1 (default 16)")
     p.add_argument("--image-size", type=_option(checks.image_size_option), default="auto",
                    help="built-in sets: auto, paper, or pixels")
-    p.add_argument("--threads", type=_option(checks.positive_int, "--threads"), default=None,
-                   help="CPU threads for torch, >= 1")
-    _add_model_options(p, remote_code=False)
+    _add_job_options(p, job="perturb", unit="images (vision-only units)", batch_default=16,
+                     seeds="the dataset, the perturbations, the samples")
     p.set_defaults(func=_perturb)
+
+
+
+def _consistency(args: argparse.Namespace) -> int:
+    from modality_lens.consistency import run_consistency
+    from modality_lens.consistency_report import metric_rows
+
+    if args.typographic:
+        return _typographic(args)
+
+    run_dir = run_consistency(model=args.model, items=args.items, n_items=args.n_items, variants=args.variants,
+                              max_new_tokens=args.max_new_tokens, ocr=args.ocr,
+                              ocr_max_new_tokens=args.ocr_max_new_tokens, batch_size=args.batch_size,
+                              device=args.device, dtype=args.dtype, limit=args.limit, seed=args.seed,
+                              resume=args.resume, out=args.out, threads=args.threads)
+    print("variant, subset, n, RER, CFR, MMC, accuracy text / image / mixed [95% CI], invalid")
+    for row in metric_rows(run_dir.read_summary()):
+        print("  " + "  ".join(row))
+    print(f"report: {run_dir.report_path.resolve()}")
+    return 0
+
+
+def _typographic(args: argparse.Namespace) -> int:
+    from modality_lens.consistency_typographic import run_typographic
+    from modality_lens.report import format_summary
+
+    run_dir = run_typographic(model=args.model, n_per_cell=args.n_per_cell, limit=args.limit,
+                              batch_size=args.batch_size, seed=args.seed, out=args.out, resume=args.resume,
+                              device=args.device, dtype=args.dtype, threads=args.threads)
+    print(format_summary(run_dir.read_summary()))
+    print(f"report: {run_dir.report_path.resolve()}")
+    return 0
+
+
+def _add_consistency(sub: Any) -> None:
+    from modality_lens import consistency_args
+
+    p = sub.add_parser("consistency", help="cross-modal consistency: the same item as text, rendered and mixed",
+                       description="Ask every item as text, as a rendered image and mixed (context rendered), by "
+                                   "greedy generation with the lens at every step; OCR-gate the rendered images; "
+                                   "write records, summary.json (RER, CFR, MMC, accuracy, McNemar, similarity and "
+                                   "retrieval per layer), figures and report.html.")
+    p.add_argument("--items", type=_option(consistency_args.items_option), default="colour",
+                   help="colour (the colour set's context sentences, default), soebench, or a .jsonl file of "
+                        "question / answer / optional context / optional pattern")
+    p.add_argument("--n-items", type=_option(checks.positive_int, "--n-items"), default=24,
+                   help="items of a built-in source, >= 1 (default 24)")
+    p.add_argument("--variants", type=_option(consistency_args.variants_option), default="default",
+                   help="default (DejaVu Sans, 100 DPI, black) or rest+ (3 fonts x 3 DPIs + red text)")
+    p.add_argument("--max-new-tokens", type=_option(checks.positive_int, "--max-new-tokens"), default=12,
+                   help="generation budget of an answer, >= 1 (default 12)")
+    p.add_argument("--no-ocr", dest="ocr", action="store_false", help="skip the OCR gate (no CER = 0 subset)")
+    p.add_argument("--ocr-max-new-tokens", type=_option(checks.positive_int, "--ocr-max-new-tokens"), default=48,
+                   help="generation budget of a transcription, >= 1 (default 48)")
+    p.add_argument("--typographic", action="store_true",
+                   help="instead: the typographic conflict (the colour set's context sentence as a sign in the scene; "
+                        "the main job's three passes, labels, following curve and report)")
+    p.add_argument("--n-per-cell", type=_option(checks.positive_int, "--n-per-cell"), default=None,
+                   help="--typographic: groups per (visual, text) tier cell, >= 1 (default 16)")
+    _add_job_options(p, job="consistency", unit="items", batch_default=8, seeds="the items")
+    p.set_defaults(func=_consistency)
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_perturb(sub)
+    _add_consistency(sub)
     report = sub.add_parser("report", help="redraw the figures and report.html of a run directory")
     report.add_argument("run_dir")
     report.set_defaults(func=_report)
@@ -279,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = " Run the same command with --resume to continue it." if args.command in ("run", "perturb") else ""
+        hint = " Run the same command with --resume to continue it." if args.command in ("run", "perturb", "consistency") else ""
         print(f"\nmodality-lens {args.command}: interrupted.{hint}", file=sys.stderr)
         return INTERRUPTED
     finally:
