@@ -19,6 +19,8 @@ _EXPORTS = {
     "auroc": "interp.calibration", "brier_score": "interp.calibration",
     "expected_calibration_error": "interp.calibration", "vcd_scores": "interp.calibration",
     "weighted_vote": "interp.calibration", "majority_vote": "interp.calibration",
+    "consistency_metrics": "interp.consistency", "rer": "interp.consistency", "cfr": "interp.consistency",
+    "mmc": "interp.consistency", "mcnemar": "interp.consistency",
     "PASSES": "interp.vocabulary", "LABELS": "interp.vocabulary", "LAYER_CLASSES": "interp.vocabulary",
     "CONTROLS": "interp.vocabulary", "normalise_answer": "interp.vocabulary",
     "CaseError": "interp.errors", "ModalityLensError": "interp.errors",

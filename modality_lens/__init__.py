@@ -16,7 +16,7 @@ _EXPORTS = {
     "case_pair": "modality_lens.cases",
     "RunDir": "modality_lens.rundir",
     "draw_all": "modality_lens.plots", "write_report": "modality_lens.report",
-    "run_perturb": "modality_lens.perturb",
+    "run_perturb": "modality_lens.perturb", "run_consistency": "modality_lens.consistency",
 }
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
