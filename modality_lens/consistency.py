@@ -27,7 +27,7 @@ asked in the text format as its question alone put where the context goes, befor
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,8 @@ from hooks.prompts import PromptItem
 from hooks.similarity import cosine_by_layer, group_means, span_means
 from interp.consistency import character_error_rate
 from interp.datasets.formats import ConsistencyItem, FormattedItem, Variant, item_formats
-from interp.errors import RunDirError
 from modality_lens.consistency_args import ConsistencyArguments, check_consistency_arguments
-from modality_lens.rundir import RunDir
+from modality_lens.unitdir import UnitRunDir
 from modality_lens.shipped import default_model
 
 __all__ = ["run_consistency", "ConsistencyRunDir", "ROW_SCHEMA", "ROW_LAYER_SCHEMA", "consistency_rows",
@@ -75,12 +74,12 @@ ROW_LAYER_SCHEMA = pa.schema([
 """One row per item x variant x format x lens layer (0 = embedding, L = last layer)."""
 
 
-class ConsistencyRunDir(RunDir):
-    """A `modality_lens.rundir.RunDir` whose chunks hold consistency rows (same run.json, lock,
-    atomic chunks and resume as the perturbation study's); a chunk's units are its ``unit_id``s."""
+class ConsistencyRunDir(UnitRunDir):
+    """A `modality_lens.unitdir.UnitRunDir` of consistency rows (`ROW_SCHEMA`, per layer
+    `ROW_LAYER_SCHEMA`); a chunk's units are its ``unit_id``s."""
 
+    ROW_SCHEMA, LAYER_SCHEMA = ROW_SCHEMA, ROW_LAYER_SCHEMA
     IDENTITY_ARGUMENTS = ("items_source", "n_items", "variants", "max_new_tokens", "ocr", "ocr_max_new_tokens")
-    """Arguments besides `rundir.IDENTITY` that change the numbers, so a resume must repeat them."""
 
     @property
     def rows_path(self) -> Path:
@@ -89,61 +88,6 @@ class ConsistencyRunDir(RunDir):
     @property
     def row_layers_path(self) -> Path:
         return self.path / "row_layers.parquet"
-
-    @staticmethod
-    def identity_differences(recorded: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
-        out = RunDir.identity_differences(recorded, requested)
-        for key in ConsistencyRunDir.IDENTITY_ARGUMENTS:
-            a, b = (recorded.get("arguments") or {}).get(key), (requested.get("arguments") or {}).get(key)
-            if a != b:
-                out.append(f"{key} {a!r} != requested {b!r}")
-        return out
-
-    def done_case_ids(self) -> set[str]:
-        """Ids of the units in committed chunks (the ones a resume must not redo)."""
-        from modality_lens.atomic import read_parquet
-
-        if self._done is None:
-            self._done = {u for cases, _ in self._committed()
-                          for u in read_parquet(cases, columns=["unit_id"]).column("unit_id").to_pylist()}
-        return set(self._done)
-
-    def append(self, rows: Sequence[Mapping[str, Any]], layer_rows: Sequence[Mapping[str, Any]]) -> int | None:
-        """One atomic chunk of rows (:data:`ROW_SCHEMA`) and their layer rows, layers part first."""
-        from modality_lens.atomic import atomic_write_table
-
-        if self._lock is None:
-            raise RunDirError(f"{self.path}: call create() before append()")
-        if not rows:
-            return None
-        table = pa.Table.from_pylist(list(rows), schema=ROW_SCHEMA)
-        layers = pa.Table.from_pylist(list(layer_rows), schema=ROW_LAYER_SCHEMA)
-        ids = set(table.column("unit_id").to_pylist())
-        if ids & self.done_case_ids():
-            raise RunDirError(f"{self.path}: unit(s) already recorded, not appended twice: "
-                              f"{sorted(ids & self.done_case_ids())[:5]}")
-        numbers = [int(p.stem.split("-")[1]) for k in ("cases", "layers") for p in self._parts(k)]
-        name = f"part-{max(numbers, default=-1) + 1:06d}.parquet"
-        atomic_write_table(self.path / "layers" / name, layers)
-        atomic_write_table(self.path / "cases" / name, table)  # the commit point
-        self._done = self.done_case_ids() | ids
-        return len(numbers)
-
-    def read_rows(self) -> pa.Table:
-        """Rows of every committed chunk (RunDirError when a row id repeats)."""
-        from modality_lens.atomic import read_parquet
-
-        tables = [read_parquet(c) for c, _ in self._committed()]
-        table = pa.concat_tables(tables) if tables else ROW_SCHEMA.empty_table()
-        if len(set(table.column("row_id").to_pylist())) != table.num_rows:
-            raise RunDirError(f"{self.path}: a row is recorded twice; the records are damaged")
-        return table
-
-    def read_row_layers(self) -> pa.Table:
-        from modality_lens.atomic import read_parquet
-
-        tables = [read_parquet(lay) for _, lay in self._committed()]
-        return pa.concat_tables(tables) if tables else ROW_LAYER_SCHEMA.empty_table()
 
 
 # --------------------------------------------------------------------------- rows

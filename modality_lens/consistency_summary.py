@@ -109,7 +109,7 @@ def finalize_consistency(run_dir: Any, *, n_boot: int = 1000, seed: int = 0, fig
     """rows.parquet, row_layers.parquet and summary.json (last) from the committed chunks; figures and report."""
     from modality_lens.atomic import atomic_write_bytes, atomic_write_table, json_text
 
-    rows, layers = run_dir.read_rows(), run_dir.read_row_layers()
+    rows, layers = run_dir.read_rows(), run_dir.read_layer_rows()
     summary = summarise_consistency(rows.to_pylist(), layers.to_pylist(), n_boot=n_boot, seed=seed)
     atomic_write_table(run_dir.row_layers_path, layers)
     atomic_write_table(run_dir.rows_path, rows)

@@ -30,7 +30,7 @@ the noised one (``vcd_class``, `interp.calibration.vcd_scores`).
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,10 +45,9 @@ from hooks.perturb import MEASURES, ConfidenceLens, confidence_lens
 from interp.calibration import VCD_ALPHA, VCD_BETA, vcd_scores
 from interp.candidates import CandidatePair
 from interp.datasets.perturb import PERTURBATIONS, perturb
-from interp.errors import RunDirError
 from modality_lens.cases import case_item, case_pairs
 from modality_lens.perturb_args import PerturbArguments, check_boxes, check_perturb_arguments, unit_cases
-from modality_lens.rundir import RunDir
+from modality_lens.unitdir import UnitRunDir
 from modality_lens.shipped import default_model
 
 __all__ = ["run_perturb", "PerturbRunDir", "UNIT_SCHEMA", "UNIT_LAYER_SCHEMA", "perturb_rows"]
@@ -77,14 +76,13 @@ UNIT_LAYER_SCHEMA = pa.schema([
 
 
 # --------------------------------------------------------------------------- run directory
-class PerturbRunDir(RunDir):
-    """A `modality_lens.rundir.RunDir` whose chunks hold perturbation rows: the same run.json,
-    lock, atomic chunks (layers part first, cases part last = the commit) and resume; a chunk's
-    units are its rows' ``unit_id`` values. The final tables are units.parquet and
-    unit_layers.parquet beside summary.json."""
+class PerturbRunDir(UnitRunDir):
+    """A `modality_lens.unitdir.UnitRunDir` of perturbation rows (`UNIT_SCHEMA`, per layer
+    `UNIT_LAYER_SCHEMA`); a chunk's units are its rows' ``unit_id`` values. The final tables are
+    units.parquet and unit_layers.parquet beside summary.json."""
 
+    ROW_SCHEMA, LAYER_SCHEMA = UNIT_SCHEMA, UNIT_LAYER_SCHEMA
     IDENTITY_ARGUMENTS = ("perturbations", "levels", "conflict", "n_samples", "vcd_alpha", "vcd_beta")
-    """Arguments besides `rundir.IDENTITY` that change the numbers, so a resume must repeat them."""
 
     @property
     def units_path(self) -> Path:
@@ -93,62 +91,6 @@ class PerturbRunDir(RunDir):
     @property
     def unit_layers_path(self) -> Path:
         return self.path / "unit_layers.parquet"
-
-    @staticmethod
-    def identity_differences(recorded: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
-        out = RunDir.identity_differences(recorded, requested)
-        for key in PerturbRunDir.IDENTITY_ARGUMENTS:
-            a, b = (recorded.get("arguments") or {}).get(key), (requested.get("arguments") or {}).get(key)
-            if a != b:
-                out.append(f"{key} {a!r} != requested {b!r}")
-        return out
-
-    def done_case_ids(self) -> set[str]:
-        """Ids of the units in committed chunks (the ones a resume must not redo)."""
-        from modality_lens.atomic import read_parquet
-
-        if self._done is None:
-            self._done = {u for cases, _ in self._committed()
-                          for u in read_parquet(cases, columns=["unit_id"]).column("unit_id").to_pylist()}
-        return set(self._done)
-
-    def append(self, rows: Sequence[Mapping[str, Any]], layer_rows: Sequence[Mapping[str, Any]]) -> int | None:
-        """One atomic chunk of unit rows (:data:`UNIT_SCHEMA`) and their layer rows."""
-        from modality_lens.atomic import atomic_write_table
-
-        if self._lock is None:
-            raise RunDirError(f"{self.path}: call create() before append()")
-        if not rows:
-            return None
-        units = pa.Table.from_pylist(list(rows), schema=UNIT_SCHEMA)
-        layers = pa.Table.from_pylist(list(layer_rows), schema=UNIT_LAYER_SCHEMA)
-        ids = set(units.column("unit_id").to_pylist())
-        if ids & self.done_case_ids():
-            raise RunDirError(f"{self.path}: unit(s) already recorded, not appended twice: "
-                              f"{sorted(ids & self.done_case_ids())[:5]}")
-        numbers = [int(p.stem.split("-")[1]) for k in ("cases", "layers") for p in self._parts(k)]
-        number = max(numbers, default=-1) + 1
-        name = f"part-{number:06d}.parquet"
-        atomic_write_table(self.path / "layers" / name, layers)
-        atomic_write_table(self.path / "cases" / name, units)  # the commit point
-        self._done = self.done_case_ids() | ids
-        return number
-
-    def read_units(self) -> pa.Table:
-        """Unit rows of every committed chunk (RunDirError when a row id repeats)."""
-        from modality_lens.atomic import read_parquet
-
-        tables = [read_parquet(c) for c, _ in self._committed()]
-        table = pa.concat_tables(tables) if tables else UNIT_SCHEMA.empty_table()
-        if len(set(table.column("row_id").to_pylist())) != table.num_rows:
-            raise RunDirError(f"{self.path}: a row is recorded twice; the records are damaged")
-        return table
-
-    def read_unit_layers(self) -> pa.Table:
-        from modality_lens.atomic import read_parquet
-
-        tables = [read_parquet(lay) for _, lay in self._committed()]
-        return pa.concat_tables(tables) if tables else UNIT_LAYER_SCHEMA.empty_table()
 
 
 # --------------------------------------------------------------------------- rows

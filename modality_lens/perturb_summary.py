@@ -177,7 +177,7 @@ def finalize_perturb(run_dir: Any, *, n_boot: int = 1000, seed: int = 0, figures
     """units.parquet, unit_layers.parquet and summary.json (last) from the committed chunks; figures and report."""
     from modality_lens.atomic import atomic_write_bytes, atomic_write_table, json_text
 
-    units, layers = run_dir.read_units(), run_dir.read_unit_layers()
+    units, layers = run_dir.read_rows(), run_dir.read_layer_rows()
     summary = summarise_perturb(units.to_pylist(), layers.to_pylist(), n_boot=n_boot, seed=seed)
     atomic_write_table(run_dir.unit_layers_path, layers)
     atomic_write_table(run_dir.units_path, units)
