@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 
 HANG_GUARD_S = 1800  # only a guard against a hung child; nothing here is timed
-RUN_ARGS = ["--model", "tiny:llava", "--limit", "48", "--batch-size", "4", "--n-per-cell", "1", "--seed", "3"]
 
 
 def _cli(*args):
@@ -22,9 +21,15 @@ def _cli(*args):
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
+CTRL_C_ARGS = ["--model", "tiny:llava", "--batch-size", "1", "--no-reuse", "--n-per-cell", "1", "--seed", "3"]
+"""All 168 cases one chunk at a time (each chunk a fsync'ed commit), full forwards: seconds of work
+after the first chunk, so the signal sent when that chunk appears lands during the run even on a
+loaded machine (with 48 cases in chunks of 4 and the prefix cache the run could end first)."""
+
+
 def test_ctrl_c_during_run_says_how_to_continue(tmp_path):
     out = tmp_path / "r"
-    proc = _cli("run", *RUN_ARGS, "--out", str(out))
+    proc = _cli("run", *CTRL_C_ARGS, "--out", str(out))
     deadline = time.monotonic() + HANG_GUARD_S
     while time.monotonic() < deadline and proc.poll() is None:
         if (out / "cases").is_dir() and list((out / "cases").glob("part-*.parquet")):
@@ -36,11 +41,11 @@ def test_ctrl_c_during_run_says_how_to_continue(tmp_path):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert "interrupted" in err and "--resume" in err
 
-    resumed = _cli("run", *RUN_ARGS, "--out", str(out), "--resume")
+    resumed = _cli("run", *CTRL_C_ARGS, "--out", str(out), "--resume")
     _, err = resumed.communicate(timeout=HANG_GUARD_S)
     assert resumed.returncode == 0, err[-3000:]
     ids = pq.read_table(out / "cases.parquet").column("case_id").to_pylist()
-    assert len(ids) == len(set(ids)) == 48
+    assert len(ids) == len(set(ids)) == 168
 
 
 def _run(out, batch_size, **kwargs):
