@@ -33,7 +33,6 @@ from typing import Any
 
 import pyarrow as pa
 import torch
-from tqdm import tqdm
 
 from hooks.generate import generate
 from hooks.loading import VLM, load_vlm
@@ -213,25 +212,13 @@ def run_consistency(*, model: str | None = None, items: str = "colour", n_items:
     run_dir = ConsistencyRunDir(args.out)
     new_folder = not run_dir.path.exists()
     run_dir.create(args.run_info(vlm, source, item_list), resume=resume)
-    try:
-        done = run_dir.done_case_ids()
-        todo = [u for u in units if f"{u[0].item_id}/{u[1].name}" not in done]
-        bar = tqdm(total=len(todo), desc="items", unit="item", disable=not progress, mininterval=1)
-        for start in range(0, len(todo), args.batch_size):
-            chunk = todo[start:start + args.batch_size]
-            run_dir.append(*consistency_rows(vlm, chunk, args))
-            bar.update(len(chunk))
-        bar.close()
-        from modality_lens.consistency_summary import finalize_consistency
+    from modality_lens.consistency_summary import finalize_consistency
+    from modality_lens.pipeline import fill_chunks
 
-        finalize_consistency(run_dir, n_boot=args.n_boot, seed=args.seed, figures=figures)
-    except BaseException:
-        from modality_lens.pipeline import discard_if_empty
-
-        discard_if_empty(run_dir, new_folder)
-        raise
-    finally:
-        run_dir.close()
+    fill_chunks(run_dir, new_folder, units, lambda u: f"{u[0].item_id}/{u[1].name}",
+                lambda chunk: consistency_rows(vlm, chunk, args), batch_size=args.batch_size, progress=progress,
+                finish=lambda: finalize_consistency(run_dir, n_boot=args.n_boot, seed=args.seed, figures=figures),
+                unit="item")
     return run_dir
 
 

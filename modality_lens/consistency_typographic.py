@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from tqdm import tqdm
 
 from hooks.loading import VLM, load_vlm
 from hooks.prompts import PromptItem, append_tokens
@@ -98,7 +97,7 @@ def run_typographic(*, model: str | None = None, dataset: str = "colour", n_per_
     """The typographic conflict as a main-job run directory (resumable, finalized, reported)."""
     from modality_lens.arguments import check_run_arguments
     from modality_lens.finalize import finalize
-    from modality_lens.pipeline import discard_if_empty
+    from modality_lens.pipeline import fill_chunks
 
     checked = check_run_arguments(batch_size=batch_size, limit=limit, seed=seed, image_size="auto", n_boot=n_boot,
                                   n_per_cell=BUILTIN_N_PER_CELL if n_per_cell is None else n_per_cell,
@@ -124,15 +123,8 @@ def run_typographic(*, model: str | None = None, dataset: str = "colour", n_per_
                                   "n_boot": checked["n_boot"], "sign_fraction": SIGN_FRACTION,
                                   "threads": torch.get_num_threads()},
                     "device": str(vlm.device)}, resume=resume)
-    try:
-        done = run_dir.done_case_ids()
-        todo = [c for c in cases if c.id not in done]
-        bar = tqdm(total=len(todo), desc="cases", unit="case", disable=not progress, mininterval=1)
-        for start in range(0, len(todo), checked["batch_size"]):
-            chunk = todo[start:start + checked["batch_size"]]
-            run_dir.append(*typographic_rows(vlm, chunk))
-            bar.update(len(chunk))
-        bar.close()
+
+    def finish() -> None:
         finalize(run_dir, n_boot=checked["n_boot"])
         if figures:
             from modality_lens.plots import draw_all
@@ -140,9 +132,7 @@ def run_typographic(*, model: str | None = None, dataset: str = "colour", n_per_
 
             draw_all(run_dir)
             write_report(run_dir)
-    except BaseException:
-        discard_if_empty(run_dir, new_folder)
-        raise
-    finally:
-        run_dir.close()
+
+    fill_chunks(run_dir, new_folder, cases, lambda c: c.id, lambda chunk: typographic_rows(vlm, chunk),
+                batch_size=checked["batch_size"], progress=progress, finish=finish, unit="case")
     return run_dir

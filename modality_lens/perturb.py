@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from tqdm import tqdm
 
 from hooks.loading import VLM, load_vlm
 from hooks.perturb import MEASURES, ConfidenceLens, confidence_lens
@@ -227,25 +226,12 @@ def run_perturb(*, model: str | None = None, dataset: str | None = None, out: st
     run_dir = PerturbRunDir(args.out)
     new_folder = not run_dir.path.exists()
     run_dir.create(args.run_info(vlm, source, data_info, len(units)), resume=resume)
-    try:
-        done = run_dir.done_case_ids()
-        todo = [u for u in units if f"{u[1]}:{u[0].id}" not in done]
-        bar = tqdm(total=len(todo), desc="units", unit="unit", disable=not progress, mininterval=1)
-        for start in range(0, len(todo), args.batch_size):
-            chunk = todo[start:start + args.batch_size]
-            run_dir.append(*perturb_rows(vlm, chunk, args))
-            bar.update(len(chunk))
-        bar.close()
-        from modality_lens.perturb_summary import finalize_perturb
+    from modality_lens.perturb_summary import finalize_perturb
+    from modality_lens.pipeline import fill_chunks
 
-        finalize_perturb(run_dir, n_boot=args.n_boot, seed=args.seed, figures=figures)
-    except BaseException:
-        from modality_lens.pipeline import discard_if_empty
-
-        discard_if_empty(run_dir, new_folder)
-        raise
-    finally:
-        run_dir.close()
+    fill_chunks(run_dir, new_folder, units, lambda u: f"{u[1]}:{u[0].id}", lambda chunk: perturb_rows(vlm, chunk, args),
+                batch_size=args.batch_size, progress=progress,
+                finish=lambda: finalize_perturb(run_dir, n_boot=args.n_boot, seed=args.seed, figures=figures))
     return run_dir
 
 

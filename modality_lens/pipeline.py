@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from tqdm import tqdm
@@ -222,3 +222,28 @@ def discard_if_empty(run_dir: RunDir, new_folder: bool) -> None:
         return
     run_dir.close()
     shutil.rmtree(run_dir.path, ignore_errors=True)
+
+
+def fill_chunks(run_dir: RunDir, new_folder: bool, units: Sequence[Any], key: Callable[[Any], str],
+                rows_of: Callable[[Sequence[Any]], tuple[Sequence[Any], Sequence[Any]]], *, batch_size: int,
+                progress: bool, finish: Callable[[], Any], unit: str = "unit") -> None:
+    """The loop of the jobs beside the main one (perturbation, consistency, typographic): every
+    unit whose `key` is not committed yet, `batch_size` at a time, through `rows_of` (rows, layer
+    rows) into one atomic chunk each; then `finish()` (summary, figures, report). A failure before
+    the first commit removes a folder this job created (`discard_if_empty`); the run directory is
+    closed either way."""
+    try:
+        done = run_dir.done_case_ids()
+        todo = [u for u in units if key(u) not in done]
+        bar = tqdm(total=len(todo), desc=f"{unit}s", unit=unit, disable=not progress, mininterval=1)
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            run_dir.append(*rows_of(chunk))
+            bar.update(len(chunk))
+        bar.close()
+        finish()
+    except BaseException:
+        discard_if_empty(run_dir, new_folder)
+        raise
+    finally:
+        run_dir.close()
