@@ -9,7 +9,6 @@ format's, and the answer's log-probability) per layer. The figures show the defa
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 from interp.consistency import FORMATS
 from modality_lens.atomic import atomic_write_bytes
 from modality_lens.plots import figure_note, new_figure, save_figure
-from modality_lens.report import REPORT_CSS, html_table, provenance_rows
+from modality_lens.report import REPORT_CSS, figures_html, html_table, notes_html, provenance_rows
 
 __all__ = ["CONSISTENCY_FIGURES", "draw_consistency_figures", "metric_rows", "write_consistency_report"]
 
@@ -180,14 +179,8 @@ def write_consistency_report(run_dir: Any) -> Path:
         parts.append(f"<p>{html.escape(name)}: tier-0 accuracy of the mixed format "
                      f"{html.escape(_fmt(v['tier0_mixed_accuracy'], 'mean'))}; parting layer (lens top-1 leaves the "
                      f"text format's) {html.escape(json.dumps(parting))}; CER {html.escape(json.dumps(v['cer']))}</p>")
-    if s.get("notes"):
-        parts.append("<h2>Notes</h2><ul>" + "".join(f'<li class="warn">{html.escape(n)}</li>' for n in s["notes"])
-                     + "</ul>")
-    parts.append("<h2>Figures</h2>")
-    for name, caption in CONSISTENCY_FIGURES:
-        encoded = base64.b64encode((figures / f"{name}.png").read_bytes()).decode("ascii")
-        parts.append(f'<figure><img alt="{name}" src="data:image/png;base64,{encoded}">'
-                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts += notes_html(list(s.get("notes") or [])) + figures_html([(figures / f"{name}.png", caption)
+                                                                     for name, caption in CONSISTENCY_FIGURES])
     parts += ["<h2>Provenance</h2>", html_table(["", ""], provenance_rows(info), numeric_from=2), "</body></html>"]
     atomic_write_bytes(path / "report.html", ("\n".join(parts) + "\n").encode("utf-8"))
     return path / "report.html"

@@ -9,7 +9,6 @@ written by `modality-lens perturb` (and `write_perturb_report`).
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 from pathlib import Path
@@ -20,7 +19,7 @@ from matplotlib.axes import Axes
 
 from modality_lens.atomic import atomic_write_bytes
 from modality_lens.plots import new_figure, figure_note, save_figure
-from modality_lens.report import REPORT_CSS, provenance_rows, html_table
+from modality_lens.report import REPORT_CSS, figures_html, html_table, notes_html, provenance_rows
 
 __all__ = ["PERTURB_FIGURES", "draw_perturb_figures", "write_perturb_report"]
 
@@ -217,14 +216,8 @@ def write_perturb_report(run_dir: Any) -> Path:
              "in nats, higher = more confident; max p = probability of the model's own answer token; intervals "
              "are 95% percentile bootstraps over units.</p>", "<h2>Per perturbation and level</h2>",
              *_sections(s)]
-    if s.get("notes"):
-        parts.append("<h2>Notes</h2><ul>" + "".join(f'<li class="warn">{html.escape(n)}</li>' for n in s["notes"])
-                     + "</ul>")
-    parts.append("<h2>Figures</h2>")
-    for name, caption in PERTURB_FIGURES:
-        encoded = base64.b64encode((figures / f"{name}.png").read_bytes()).decode("ascii")
-        parts.append(f'<figure><img alt="{name}" src="data:image/png;base64,{encoded}">'
-                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts += notes_html(list(s.get("notes") or [])) + figures_html([(figures / f"{name}.png", caption)
+                                                                     for name, caption in PERTURB_FIGURES])
     parts += ["<h2>Provenance</h2>", html_table(["", ""], provenance_rows(info), numeric_from=2), "</body></html>"]
     atomic_write_bytes(path / "report.html", ("\n".join(parts) + "\n").encode("utf-8"))
     return path / "report.html"

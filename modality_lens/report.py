@@ -117,6 +117,23 @@ def _tier_rows(tiers: list[dict[str, Any]]) -> list[list[str]]:
             for t in tiers]
 
 
+def notes_html(notes: list[str]) -> list[str]:
+    """The report's Notes section (nothing when there are none)."""
+    if not notes:
+        return []
+    return ["<h2>Notes</h2><ul>" + "".join(f'<li class="warn">{html.escape(n)}</li>' for n in notes) + "</ul>"]
+
+
+def figures_html(figures: list[tuple[Path, str]]) -> list[str]:
+    """The report's Figures section: each (PNG path, caption) embedded as base64."""
+    parts = ["<h2>Figures</h2>"]
+    for path, caption in figures:
+        encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+        parts.append(f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{encoded}">'
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return parts
+
+
 def provenance_rows(info: dict[str, Any]) -> list[list[str]]:
     """The report's provenance table rows (model, dataset, toolkit commit, libraries, arguments) of run.json."""
     model, dataset = info.get("model") or {}, info.get("dataset") or {}
@@ -173,15 +190,7 @@ def write_report(run_dir: RunDir | str | Path) -> Path:
                         ("robustness, high half", s["robustness"]["high"].get("note"))):
         if note:
             notes.append(f"{where}: {note}")
-    if notes:
-        parts.append("<h2>Notes</h2><ul>" + "".join(f'<li class="warn">{html.escape(n)}</li>' for n in notes) + "</ul>")
-    parts.append("<h2>Figures</h2>")
-    for path, caption in _figures(run):
-        encoded = base64.b64encode(path.read_bytes()).decode("ascii")
-        parts.append(
-            f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{encoded}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        )
+    parts += notes_html(notes) + figures_html(_figures(run))
     tiers = s["tiers"]
     header = ["tier", "cases", "accuracy [95% CI]", "mean entropy ± SD (nats)", "kept", "TFR (kept)"]
     parts += [
