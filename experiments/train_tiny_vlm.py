@@ -12,6 +12,7 @@ held-out set is the built-in colour set with another seed than anything used in 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -281,6 +282,23 @@ def read_record(model_dir: Path) -> tuple[dict, TinyVLMConfig]:
     return record, cfg
 
 
+def config_override(text: str) -> tuple[str, object]:
+    """`FIELD=VALUE` -> (field, value), the value parsed as the field's default is typed (a tuple: comma-separated)."""
+    name, sep, raw = text.partition("=")
+    fields = {f.name: f for f in dataclasses.fields(TinyVLMConfig)}
+    if not sep or name not in fields:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected FIELD=VALUE with FIELD one of {', '.join(fields)}")
+    default = fields[name].default
+    try:
+        if isinstance(default, tuple):
+            return name, tuple(type(default[0])(v) for v in raw.split(","))
+        if isinstance(default, bool):
+            return name, {"true": True, "false": False}[raw.lower()]
+        return name, type(default)(raw)
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"{text!r}: {raw!r} is not of type {type(default).__name__}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
@@ -323,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weight of the patch loss in the pretraining stage (0: off)")
     parser.add_argument("--tower-lr-scale", type=float, default=TinyVLMConfig.tower_lr_scale,
                         help="the tower's learning rate in the VLM stage, as a multiple of the others'")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", type=config_override,
+                        help="any other TinyVLMConfig field (repeatable), e.g. --set lr=5e-4 "
+                             "--set mix=0.5,0.2,0.3; applied after the options above")
     parser.add_argument("--eval-seed", type=int, default=1000)
     parser.add_argument("--eval-n", type=int, default=16, help="held-out groups per (visual, text) tier cell")
     parser.add_argument("--metrics-only", type=Path, default=None, metavar="DIR",
@@ -364,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                         n_shape_scenes=args.n_shape_scenes, aux_weight=args.aux_weight,
                         threads=args.threads, n_scenes=args.n_scenes, pretrain_steps=args.pretrain_steps, pretrain_aux=args.pretrain_aux,
                         tower_lr_scale=args.tower_lr_scale)
+    cfg = dataclasses.replace(cfg, **dict(args.set))
     start = time.time()
     model, processor, log = train(cfg)
     save(model, processor, args.out, metadata={"config": cfg.to_dict(), "log": log})

@@ -115,3 +115,20 @@ def test_tower_probe_script(tmp_path):
     result = json.loads(out.splitlines()[-1])
     assert result["steps"] == 2 and sorted(result["accuracy"]) == [str(t) for t in range(7)]
     assert all(0 <= a <= 1 for a in result["accuracy"].values())
+
+
+def test_train_script_sets_any_config_field_with_its_type():
+    sys.path.insert(0, str(REPO / "experiments"))
+    try:
+        from train_tiny_vlm import build_parser
+    finally:
+        sys.path.remove(str(REPO / "experiments"))
+    args = build_parser().parse_args(["--set", "lr=5e-4", "--set", "mix=0.6,0.2,0.2", "--set", "pretrain_steps=7",
+                                      "--set", "instruction_placement=question"])
+    assert dict(args.set) == {"lr": 0.0005, "mix": (0.6, 0.2, 0.2), "pretrain_steps": 7,
+                              "instruction_placement": "question"}
+    assert isinstance(dict(args.set)["pretrain_steps"], int)
+    for bad, says in (("learning_rate=1", "FIELD one of"), ("steps=many", "'many' is not of type int"), ("lr", "FIELD=VALUE")):
+        done = subprocess.run([sys.executable, str(REPO / "experiments" / "train_tiny_vlm.py"), "--set", bad],
+                              capture_output=True, text=True, timeout=HANG_GUARD_S)
+        assert done.returncode == 2 and says in done.stderr, done.stderr

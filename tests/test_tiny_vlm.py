@@ -242,7 +242,7 @@ def test_reading_examples_label_what_the_image_says():
     assert words_read and asked
     for e in read:
         assert e.context is None and e.image.size == (64, 64) and e.label in COLOURS
-        ink = (np.asarray(e.image.convert("L")) < 200).sum()
+        ink = (np.asarray(e.image.convert("L")) < 250).sum()  # anti-aliased ink counts too (words go down to 6 px)
         assert ink > 10  # something is written or drawn
     for e in asked:  # a rendered sentence or a sign scene: the label's colour is named or drawn
         rgb = np.asarray(e.image)
@@ -406,3 +406,39 @@ def test_the_tower_learns_at_its_own_rate_in_the_vlm_stage():
     tower = [n for n in after if "vision_tower" in n]
     assert tower and all(torch.equal(after[n], start[n]) for n in tower)
     assert not torch.equal(after["lm_head.weight"], start["lm_head.weight"])
+    assert all(p.requires_grad for p in trained.parameters())  # frozen for the stage only
+
+
+def test_training_words_never_take_the_evaluation_tier0_sizes(monkeypatch):
+    """The pixel sizes `word_image` draws words at (recorded from its calls to `fit_text`) never
+    include one that `word_image_tier0` uses for the same word and font at the evaluation's
+    scales; they still span from 6 px to above the largest tier-0 size."""
+    from interp.datasets.drawing import COLOURS
+    from modality_lens.tiny_vlm import reading
+
+    calls: list[tuple[str, str, int]] = []
+    real = reading.fit_text
+
+    def recording(text, size, *, font="sans", max_pixels=None, **kw):
+        calls.append((text, font, max_pixels))
+        return real(text, size, font=font, max_pixels=max_pixels, **kw)
+
+    monkeypatch.setattr(reading, "fit_text", recording)
+    evaluated = {}
+    for word in COLOURS:
+        for font in reading.FONT_NAMES:
+            for scale in reading.TIER0_SCALES:
+                calls.clear()
+                reading.word_image_tier0(word, 64, font, scale)
+                evaluated.setdefault((word, font), set()).add(calls[-1][2])
+    calls.clear()
+    rng = np.random.default_rng(0)
+    for _ in range(600):
+        reading.word_image(COLOURS[int(rng.integers(len(COLOURS)))], 64, rng)
+    drawn: dict = {}
+    for word, font, pixels in calls:
+        drawn.setdefault((word, font), set()).add(pixels)
+    assert len(drawn) == len(evaluated) == 18
+    for key, sizes in drawn.items():
+        assert not sizes & evaluated[key], key
+        assert min(sizes) <= 7 and max(sizes) > max(evaluated[key]), (key, sorted(sizes))

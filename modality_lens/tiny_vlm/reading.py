@@ -7,9 +7,11 @@ shipped recipe: docs/datasets.md has what a model trained with them measured):
 - **shape scenes** (`ShapePool`): the 2-D shape set's four tiers (`interp.datasets.shapes`),
   pre-drawn like the colour scenes; the question asks the shape of the object of one colour.
 - **a rendered word** (`word_image`): a colour word in black (15%: in another palette colour,
-  so that the ink is no cue to the answer) in one of the three fonts, at a random size from a
-  quarter of the height to the largest that fits, anywhere on the canvas; the question is
-  `READ_QUESTION` and the label the word.
+  so that the ink is no cue to the answer) in one of the three fonts, at a random pixel size
+  from 6 to the largest that fits, centred (half of them) or anywhere on the canvas; the
+  question is `READ_QUESTION` and the label the word. The pixel sizes of the evaluation's
+  tier-0 renderings (`word_image_tier0` at `TIER0_SCALES`) are never drawn, so the held-out
+  tier-0 check reads images training never showed.
 - **a rendered context** (`context_image`): a context sentence of text tier 0 or 1, wrapped
   and fitted to the canvas; the question is the colour question about the sentence's shape
   and the label the stated colour (the image is the only source, so its statement is the
@@ -34,9 +36,12 @@ from interp.datasets.shapes import draw_shape_scene
 from interp.datasets.tiers import COLOUR_TIERS, SHAPE_TIERS
 from modality_lens.tiny_vlm.aux import patch_labels
 
-__all__ = ["READ_QUESTION", "ShapePool", "word_image", "word_image_tier0", "context_image", "sign_scene"]
+__all__ = ["READ_QUESTION", "TIER0_SCALES", "ShapePool", "word_image", "tier0_pixels", "word_image_tier0",
+           "context_image", "sign_scene"]
 
 READ_QUESTION = "What word is written in the image?"
+TIER0_SCALES = (1.0, 0.75, 0.5)
+"""The evaluation's tier-0 word sizes, as shares of the largest size that fits."""
 FONT_NAMES = tuple(sorted(FONTS))
 
 
@@ -80,19 +85,32 @@ def _ink(word: str, rng: np.random.Generator, coloured_share: float) -> str:
     return "black"
 
 
-def word_image(word: str, size: int, rng: np.random.Generator, *, coloured_share: float = 0.15) -> Image.Image:
-    """`word` rendered on a `size` canvas: random font, size and place (see the module doc)."""
+def word_image(word: str, size: int, rng: np.random.Generator, *, coloured_share: float = 0.15,
+               centred_share: float = 0.5) -> Image.Image:
+    """`word` rendered on a `size` canvas: random font, pixel size and place (see the module doc)."""
     font = FONT_NAMES[int(rng.integers(len(FONT_NAMES)))]
-    tile = fit_text(word, (size, size), font=font, colour=_ink(word, rng, coloured_share),
-                    max_pixels=int(rng.integers(max(6, size // 4), size + 1)), centre=False, margin=0)
-    # crop the text's box and place it anywhere on the canvas
+    ink = _ink(word, rng, coloured_share)
+    held_out = tier0_pixels(word, size, font)
+    sizes = [p for p in range(6, fit_pixels(word, (size, size), font=font, margin=0) + 1) if p not in held_out]
+    tile = fit_text(word, (size, size), font=font, colour=ink, max_pixels=sizes[int(rng.integers(len(sizes)))],
+                    centre=False, margin=0)
+    # crop the text's box and place it centred or anywhere on the canvas
     box = Image.eval(tile.convert("L"), lambda v: 255 - v).getbbox() or (0, 0, size, size)
     text = tile.crop(box)
     canvas = Image.new("RGB", (size, size), "white")
-    x = int(rng.integers(0, size - text.size[0] + 1))
-    y = int(rng.integers(0, size - text.size[1] + 1))
+    if rng.random() < centred_share:
+        x, y = (size - text.size[0]) // 2, (size - text.size[1]) // 2
+    else:
+        x = int(rng.integers(0, size - text.size[0] + 1))
+        y = int(rng.integers(0, size - text.size[1] + 1))
     canvas.paste(text, (x, y))
     return canvas
+
+
+def tier0_pixels(word: str, size: int, font: str) -> set[int]:
+    """The pixel sizes of `word_image_tier0(word, size, font, s)` for s in `TIER0_SCALES`."""
+    largest = fit_pixels(word, (size, size), font=font)
+    return {max(6, int(largest * s)) for s in TIER0_SCALES}
 
 
 def word_image_tier0(word: str, size: int, font: str = "sans", scale: float = 1.0,

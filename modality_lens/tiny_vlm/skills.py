@@ -22,7 +22,8 @@ from interp.datasets.render import FONTS
 from interp.datasets.shapes import shape_cases
 from interp.datasets.text import COLOUR_QUESTION, INSTRUCTION, text_context
 from modality_lens.pipeline import iter_rows
-from modality_lens.tiny_vlm.reading import READ_QUESTION, context_image, sign_scene, word_image, word_image_tier0
+from modality_lens.tiny_vlm.reading import (READ_QUESTION, TIER0_SCALES, context_image, sign_scene, word_image,
+                                            word_image_tier0)
 
 __all__ = ["answers", "reading_metrics", "shape_metrics"]
 
@@ -49,11 +50,11 @@ def reading_metrics(vlm: Any, *, seed: int = 1000, image_size: int = 64, n: int 
     rng = np.random.default_rng([seed, 23])
     read = f"{READ_QUESTION} {INSTRUCTION}"
     out: dict[str, Any] = {"seed": seed}
-    tier0 = [(w, f, s) for w in COLOURS for f in sorted(FONTS) for s in (1.0, 0.75, 0.5)]
+    tier0 = [(w, f, s) for w in COLOURS for f in sorted(FONTS) for s in TIER0_SCALES]
     got = answers(vlm, [read] * len(tier0), [word_image_tier0(w, image_size, f, s) for w, f, s in tier0])
     out["word_tier0"] = {"n": len(tier0), "accuracy": _share(got, [w for w, _, _ in tier0]),
                          "by_scale": {str(s): _share([g for g, t in zip(got, tier0) if t[2] == s],
-                                                     [t[0] for t in tier0 if t[2] == s]) for s in (1.0, 0.75, 0.5)}}
+                                                     [t[0] for t in tier0 if t[2] == s]) for s in TIER0_SCALES}}
     words = [COLOURS[int(rng.integers(len(COLOURS)))] for _ in range(n)]
     got = answers(vlm, [read] * n, [word_image(w, image_size, rng, coloured_share=0.0) for w in words])
     out["word_placed"] = {"n": n, "accuracy": _share(got, words)}

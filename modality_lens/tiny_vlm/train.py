@@ -108,6 +108,7 @@ def train(cfg: TinyVLMConfig, *, pool: ScenePool | None = None, log_every: int =
             running = []
     if aux is not None:
         aux.remove()
+    model.requires_grad_(True)
     model.eval()
     log = {"history": history, "wall_s": time.time() - start, "scene_drawing_s": drawn_s,
            "params": sum(p.numel() for p in model.parameters())}
@@ -117,9 +118,14 @@ def train(cfg: TinyVLMConfig, *, pool: ScenePool | None = None, log_every: int =
 
 
 def _param_groups(model: Any, aux: Any, cfg: TinyVLMConfig) -> list[dict[str, Any]]:
-    """The optimiser's groups: the vision tower at `tower_lr_scale` x the learning rate, the rest at 1x."""
+    """The optimiser's groups: the vision tower at `tower_lr_scale` x the learning rate, the rest at 1x.
+    With `tower_lr_scale` = 0 the tower is frozen instead (no gradients: its backward is skipped;
+    `train` turns them back on at the end)."""
     tower = {id(p) for p in model.model.vision_tower.parameters()}
     rest = [p for p in model.parameters() if id(p) not in tower] + (list(aux.head.parameters()) if aux else [])
+    if cfg.tower_lr_scale == 0:
+        model.model.vision_tower.requires_grad_(False)
+        return [{"params": rest, "scale": 1.0}]
     return [{"params": [p for p in model.parameters() if id(p) in tower], "scale": cfg.tower_lr_scale},
             {"params": rest, "scale": 1.0}]
 
