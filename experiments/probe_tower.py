@@ -8,7 +8,14 @@ loss of `modality_lens.tiny_vlm.aux`. Prints the held-out accuracy per visual ti
 another seed, distractors never in the target's colour, as in the evaluation set) every
 `--every` steps. docs/datasets.md, "The tower alone", has what it measured.
 
+`--frozen DIR` probes the tower of a trained model instead: the tower is frozen and only a fresh
+reader learns, on the states of `--pool` scenes computed once, both tasks: the colour of the
+asked shape (colour scenes of tiers 0-6) and the shape of the asked colour (shape-set scenes of
+tiers 0-3). What the reader gets is what the tower's image tokens make available to whatever
+reads them; the gap to the model's own answers is the language model's.
+
     python experiments/probe_tower.py --steps 2000 --aux 1.0
+    python experiments/probe_tower.py --frozen data/tiny_vlm --steps 1000 --pool 6000
 """
 
 from __future__ import annotations
@@ -41,8 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vision-layers", type=int, default=4)
     parser.add_argument("--every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--frozen", default=None, metavar="DIR", help="probe the frozen tower of the model in DIR")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.frozen:
+        return probe_frozen(args)
     cfg = TinyVLMConfig(vision_hidden=args.vision_hidden, vision_layers=args.vision_layers, text_layers=2)
     processor = build_processor(cfg)
     tower = build_model(cfg, len(processor.tokenizer)).model.vision_tower
@@ -86,6 +96,53 @@ def main(argv: list[str] | None = None) -> int:
             print(f"step {step + 1} ({(time.time() - start) / 60:.1f} min): {result}, mean of tiers 1-6 {mean:.3f}",
                   flush=True)
     print(json.dumps({"steps": args.steps, "aux": args.aux, "pool": args.pool, "accuracy": result}))
+    return 0
+
+
+def probe_frozen(args: argparse.Namespace) -> int:
+    """A fresh reader on the frozen tower of `args.frozen`: held-out accuracy per tier of both tasks."""
+    from hooks.loading import load_vlm
+    from interp.datasets.drawing import COLOURS, SHAPES
+    from modality_lens.tiny_vlm.reading import ShapePool
+
+    vlm = load_vlm(args.frozen)
+    tower, size = vlm.model.model.vision_tower.eval(), vlm.model.config.vision_config.image_size
+    torch.manual_seed(0)
+    n = args.pool or 6000
+
+    def states(images):
+        with torch.no_grad():
+            return torch.cat([_tower_states(tower, vlm.processor.image_processor(
+                images=images[i:i + 200], return_tensors="pt")["pixel_values"]) for i in range(0, len(images), 200)])
+
+    def task(colour_pool, shape_pool):  # (states, query, answer, tier, task) over both tasks
+        q = np.concatenate([colour_pool.target_shape, len(SHAPES) + shape_pool.target_colour])
+        a = np.concatenate([colour_pool.target_colour, len(COLOURS) + shape_pool.target_shape])
+        return (torch.cat([states(colour_pool.images), states(shape_pool.images)]), torch.as_tensor(q),
+                torch.as_tensor(a), np.concatenate([colour_pool.visual_tier, shape_pool.visual_tier]),
+                np.repeat(["colour", "shape"], [len(colour_pool), len(shape_pool)]))
+
+    start = time.time()
+    train = task(ScenePool.draw(n, 5, size, tiers=TIERS, same_colour_share=0.8), ShapePool.draw(n // 2, 5, size))
+    test = task(ScenePool.draw(700, 999, size, tiers=TIERS), ShapePool.draw(400, 999, size))
+    reader = Reader(tower.config.hidden_size)
+    opt = torch.optim.AdamW(reader.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    rng, result = np.random.default_rng(0), {}
+    for step in range(args.steps):
+        idx = rng.integers(len(train[1]), size=args.batch)
+        loss = torch.nn.functional.cross_entropy(reader(train[0][idx], train[1][idx]), train[2][idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % args.every == 0 or step + 1 == args.steps:
+            with torch.no_grad():
+                ok = (reader(test[0], test[1]).argmax(-1) == test[2]).numpy()
+            result = {name: {int(t): round(float(ok[(test[4] == name) & (test[3] == t)].mean()), 3)
+                             for t in sorted(set(test[3][test[4] == name]))} for name in ("colour", "shape")}
+            mean = float(np.mean([result["colour"][t] for t in TIERS if t > 0]))
+            print(f"step {step + 1} ({(time.time() - start) / 60:.1f} min): {result}, colour mean of tiers 1-6 "
+                  f"{mean:.3f}", flush=True)
+    print(json.dumps({"frozen": str(args.frozen), "steps": args.steps, "pool": n, "accuracy": result}))
     return 0
 
 

@@ -117,6 +117,16 @@ def test_tower_probe_script(tmp_path):
     assert all(0 <= a <= 1 for a in result["accuracy"].values())
 
 
+def test_tower_probe_script_probes_a_trained_models_frozen_tower(tmp_path):
+    out = run("probe_tower.py", "--frozen", str(REPO / "data" / "tiny_vlm"), "--steps", "2", "--every", "1",
+              "--batch", "4", "--pool", "28", cwd=tmp_path)
+    assert len([line for line in out.splitlines() if line.startswith("step ")]) == 2
+    result = json.loads(out.splitlines()[-1])
+    assert sorted(result["accuracy"]["colour"]) == [str(t) for t in range(7)]
+    assert sorted(result["accuracy"]["shape"]) == [str(t) for t in range(4)]
+    assert all(0 <= a <= 1 for task in result["accuracy"].values() for a in task.values())
+
+
 def test_train_script_sets_any_config_field_with_its_type():
     sys.path.insert(0, str(REPO / "experiments"))
     try:
