@@ -10,7 +10,9 @@ At every lens layer (index 0 = embedding output, then each decoder layer):
   candidate ids is the log-sum-exp of their logits **[ours]**. With a single id per answer this
   is the plain logit difference; with several it equals log(p_text / p_vision), which does not
   depend on the softmax normaliser and is consistent with the summed probabilities;
-- **entropy**: Shannon entropy of the lens distribution over the full vocabulary, nats.
+- **entropy**: Shannon entropy of the lens distribution over the full vocabulary, nats;
+- **top_logp** (when the lens kept its top k): the k highest log-probabilities per layer, from
+  which `interp.uncertainty.top_logprob_indices` gives 1 - max p, the top-2 margin and NMLP.
 
 Inputs are arrays (numpy, or anything `numpy.asarray` accepts, e.g. CPU torch tensors), so
 this module never imports a model library.
@@ -26,6 +28,7 @@ from jaxtyping import Float, Int
 from scipy.special import logsumexp
 
 from interp.candidates import CandidatePair
+from interp.uncertainty import NMLP_TOP_K
 from interp.uncertainty import entropy as full_entropy
 
 __all__ = ["Trajectory", "trajectory", "trajectory_from_logits", "trajectories"]
@@ -41,6 +44,7 @@ class Trajectory:
     p_vision: Float[np.ndarray, " layer"]
     logit_diff: Float[np.ndarray, " layer"]
     entropy: Float[np.ndarray, " layer"]
+    top_logp: Float[np.ndarray, "layer k"] | None = None
 
     def __len__(self) -> int:
         return len(self.classes)
@@ -80,8 +84,10 @@ def trajectory(
     candidate_logits: Float[Any, "layer n_cand"],
     logsumexp_all: Float[Any, " layer"],
     entropy: Float[Any, " layer"],
+    top_logits: Float[Any, "layer k"] | None = None,
 ) -> Trajectory:
-    """A trajectory from reduced lens statistics of one row (see `hooks.taps.LensResult`)."""
+    """A trajectory from reduced lens statistics of one row (see `hooks.taps.LensResult`);
+    ``top_logits`` (the lens's k highest logits per layer) give ``top_logp``."""
     top1 = np.asarray(top1).astype(int)
     cand_ids = np.asarray(candidate_ids).astype(int)
     z = np.asarray(candidate_logits, dtype=np.float64)
@@ -97,13 +103,15 @@ def trajectory(
         p_vision=np.exp(z_vision - lse),
         logit_diff=z_text - z_vision,
         entropy=np.asarray(entropy, dtype=np.float64),
+        top_logp=None if top_logits is None else np.asarray(top_logits, dtype=np.float64) - lse[:, None],
     )
 
 
 def trajectory_from_logits(pair: CandidatePair, logits: Float[Any, "layer vocab"]) -> Trajectory:
-    """A trajectory from full per-layer lens logits of one row."""
+    """A trajectory from full per-layer lens logits of one row (``top_logp``: the top 20)."""
     z = np.asarray(logits, dtype=np.float64)
     ids = np.array(sorted(pair.text_ids | pair.vision_ids), dtype=int)
+    k = min(NMLP_TOP_K, z.shape[-1])
     return trajectory(
         pair,
         top1=z.argmax(-1),
@@ -111,6 +119,7 @@ def trajectory_from_logits(pair: CandidatePair, logits: Float[Any, "layer vocab"
         candidate_logits=z[:, ids],
         logsumexp_all=logsumexp(z, axis=-1),
         entropy=full_entropy(z),
+        top_logits=-np.sort(-z, axis=-1)[:, :k],
     )
 
 
@@ -121,6 +130,7 @@ def trajectories(pairs: Sequence[CandidatePair], result: Any) -> list[Trajectory
     as_np = lambda t: t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)  # noqa: E731
     top1, cand_ids = as_np(result.top1), as_np(result.candidate_ids)
     cand, lse, ent = as_np(result.candidate_logits), as_np(result.logsumexp), as_np(result.entropy)
+    top = as_np(result.top_logits)
     return [trajectory(p, top1=top1[b], candidate_ids=cand_ids, candidate_logits=cand[b], logsumexp_all=lse[b],
-                       entropy=ent[b]) for b, p in enumerate(pairs)]
+                       entropy=ent[b], top_logits=top[b]) for b, p in enumerate(pairs)]
 

@@ -15,8 +15,9 @@ and that first entry is skipped.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from jaxtyping import Float
@@ -26,9 +27,12 @@ from interp.vocabulary import LAYER_CLASSES
 
 __all__ = [
     "AMBIGUOUS_WIDTH",
+    "compare_regions",
+    "constant_layers",
     "count_switches",
     "region_labels",
     "summarise_oscillations",
+    "switch_layers",
 ]
 
 AMBIGUOUS_WIDTH = 0.5
@@ -60,6 +64,61 @@ def count_switches(classes: Iterable[str], *, has_embedding: bool = False) -> in
         seq = seq[1:]
     relevant = [c for c in seq if c != "irrelevant"]
     return sum(1 for prev, cur in zip(relevant, relevant[1:]) if prev != cur)
+
+
+def switch_layers(classes: Sequence[str], layers: Sequence[int], counted: Iterable[int] | None = None) -> list[int]:
+    """The lens positions at which the switches of one trajectory land (METHOD §1.5, by depth).
+
+    Only the positions in ``counted`` (all of ``layers`` when None) take part; among them the
+    irrelevant ones are skipped, as in :func:`count_switches`, and a switch is attributed to the
+    *later* of the two relevant positions it joins (the layer where the new modality appears).
+    ``len(switch_layers(...)) == count_switches`` of the same counted classes.
+
+    Args:
+        classes: per position, ``"text"``, ``"vision"`` or ``"irrelevant"``.
+        layers: the lens position of each entry (0 = embedding output, l = after decoder layer l).
+        counted: the positions that count.
+    """
+    if len(classes) != len(layers):
+        raise ValueError(f"{len(classes)} classes for {len(layers)} layers; need one class per layer")
+    keep = None if counted is None else set(counted)
+    pairs = sorted((int(l), c) for l, c in zip(layers, classes) if keep is None or int(l) in keep)
+    for _, c in pairs:
+        if c not in LAYER_CLASSES:
+            raise ValueError(f"unknown layer class {c!r}; expected one of {LAYER_CLASSES}")
+    relevant = [(l, c) for l, c in pairs if c != "irrelevant"]
+    return [l for (_, prev), (l, cur) in zip(relevant, relevant[1:]) if prev != cur]
+
+
+CONSTANT_SHARE = 1.0
+"""**[ours]** A lens position is flagged as constant when one top-1 token is this share of all its
+rows (every input, every pass): such a layer says nothing about the input, yet it adds a switch
+to every case whose answer is that token and whose later layers say otherwise."""
+
+
+def constant_layers(layers: Sequence[int], top1: Sequence[int], share: float = CONSTANT_SHARE) -> dict[str, Any]:
+    """Per lens position, its most frequent top-1 token and that token's share of the rows.
+
+    Args:
+        layers, top1: one entry per layer row (any passes and cases).
+        share: a position whose modal token reaches this share is flagged.
+
+    Returns:
+        ``{"flagged": [positions], "share": share, "layers": [{"layer", "n", "top1", "top1_share"}]}``;
+        among equally frequent tokens ``top1`` is the smallest id.
+    """
+    if len(layers) != len(top1):
+        raise ValueError(f"{len(layers)} layers for {len(top1)} top-1 ids; need one per row")
+    counts: dict[int, Counter] = {}
+    for l, t in zip(layers, top1):
+        if t is not None:
+            counts.setdefault(int(l), Counter())[int(t)] += 1
+    rows = []
+    for l in sorted(counts):
+        # the smallest id among equally frequent tokens: independent of the order of the rows
+        (token, k), n = min(counts[l].items(), key=lambda tk: (-tk[1], tk[0])), sum(counts[l].values())
+        rows.append({"layer": l, "n": n, "top1": token, "top1_share": k / n})
+    return {"flagged": [r["layer"] for r in rows if r["top1_share"] >= share], "share": share, "layers": rows}
 
 
 def region_labels(
@@ -185,3 +244,18 @@ def summarise_oscillations(
         note="; ".join(notes) or None,
     )
 
+
+
+def compare_regions(counts: Sequence[int], regions: Sequence[str | None], *, n_boot: int, seed: int,
+                    ci_level: float = 0.95) -> dict[str, Any]:
+    """:func:`summarise_oscillations` as JSON: ``{"ambiguous": {"mean", "ci", "n"}, "clear": {...},
+    "difference", "difference_ci", "n_unassigned", "note"}``."""
+    osc = summarise_oscillations(counts, regions, n_boot=n_boot, seed=seed, ci_level=ci_level)
+
+    def entry(name: str) -> dict[str, Any]:
+        r = osc.region(name)
+        return {"mean": r.mean, "ci": [r.ci_low, r.ci_high] if r.ci_low is not None else None, "n": r.n}
+
+    return {"ambiguous": entry("ambiguous"), "clear": entry("clear"), "difference": osc.difference,
+            "difference_ci": list(osc.difference_ci) if osc.difference_ci else None,
+            "n_unassigned": osc.n_unassigned, "note": osc.note}

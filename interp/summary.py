@@ -23,6 +23,14 @@ Which cases enter which number **[ours where METHOD is silent]**:
   region is centred on 0 by default).
 - **controls**: every control row with a switch count, whatever its ``kept``: the control's
   point is the oscillation of a case with nothing to resolve.
+- **alternative indices** (``indices``, `interp.indices`): the following curve of each index's
+  relative form over the cases of the main curve; a row without an index's columns (an older
+  run) gives a null there, counted in ``n_missing``.
+- **layers** (given ``layers``, the run's layer rows): every switch count is recounted from the
+  conflict-pass rows over the counted lens positions (``counted_layers``; default every decoder
+  layer, which is the recorded ``oscillations``), and ``oscillation_depth`` holds the
+  by-outcome and by-layer comparison and the constant-layer diagnostic (`interp.depth`);
+  ``oscillation_without_constant`` is the headline comparison with the constant layers left out.
 - **tiers**: all conflict cases (before the filter, which depends on the very correctness
   reported here): per visual tier the vision-only pass (``vision_correct``, ``H_v``), per
   text tier the text-only pass (``text_correct``, ``H_t``); accuracy with a Wilson interval,
@@ -41,8 +49,10 @@ import numpy as np
 import pyarrow as pa
 
 from interp.curves import fit_following, robustness_split, wilson_interval
+from interp.depth import conflict_switches, layer_columns, oscillation_depth
 from interp.following import DROP_REASONS, tfr_vfr
-from interp.oscillation import AMBIGUOUS_WIDTH, region_labels, summarise_oscillations
+from interp.indices import index_curves
+from interp.oscillation import AMBIGUOUS_WIDTH, compare_regions, region_labels, summarise_oscillations
 from interp.results import _jsonable
 from interp.vocabulary import CONTROLS, LABELS
 
@@ -101,13 +111,33 @@ def case_regions(
     return [lab if _is_kept_conflict(r) else None for r, lab in zip(rows, labels)]
 
 
-def with_regions(cases: pa.Table, summary: Mapping[str, Any]) -> pa.Table:
-    """``cases`` with a ``region`` column from the summary's balance point and region width (row order kept)."""
-    regions = case_regions(cases.to_pylist(), summary["balance_point"], summary["parameters"]["region_width"])
-    column = pa.array(regions, type=pa.string())
-    if "region" in cases.column_names:
-        return cases.set_column(cases.column_names.index("region"), "region", column)
-    return cases.append_column("region", column)
+def _put(cases: pa.Table, name: str, column: pa.Array) -> pa.Table:
+    if name in cases.column_names:
+        return cases.set_column(cases.column_names.index(name), name, column)
+    return cases.append_column(name, column)
+
+
+def with_regions(cases: pa.Table, summary: Mapping[str, Any], layers: Any = None) -> pa.Table:
+    """``cases`` with a ``region`` column from the summary's balance point and region width (row order kept).
+
+    Given the run's ``layers`` and a summary computed from them, also ``oscillations`` recounted
+    over the summary's counted lens positions and ``oscillations_no_constant`` without its
+    constant layers (None for a case without conflict-pass rows): the counts every oscillation
+    number of the summary rests on.
+    """
+    rows = cases.to_pylist()
+    regions = case_regions(rows, summary["balance_point"], summary["parameters"]["region_width"])
+    cases = _put(cases, "region", pa.array(regions, type=pa.string()))
+    depth = summary.get("oscillation_depth") or {}
+    if layers is None or "layers_counted" not in depth:
+        return cases
+    cols = layer_columns(layers)
+    for name, counted in (("oscillations", depth["layers_counted"]),
+                          ("oscillations_no_constant", depth["layers_without_constant"])):
+        landing = conflict_switches(cols, counted)
+        counts = [len(landing[r["case_id"]]) if r["case_id"] in landing else None for r in rows]
+        cases = _put(cases, name, pa.array(counts, type=pa.int64()))
+    return cases
 
 
 def _region_entry(summary: Any, name: str) -> dict[str, Any]:
@@ -152,6 +182,8 @@ def summarise(
     seed: int,
     n_boot: int = 1000,
     region_width: float = AMBIGUOUS_WIDTH,
+    layers: Any = None,
+    counted_layers: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The summary of a run from its case rows (see the module docstring for which cases enter what).
 
@@ -162,6 +194,9 @@ def summarise(
         seed: seeds every bootstrap (curve, robustness halves, oscillation, controls).
         n_boot: bootstrap resamples of each interval.
         region_width: half-width of the ambiguous region around the balance point (dH_rel units).
+        layers: the run's layer rows (a table or dicts with ``case_id, pass, layer, class,
+            top1``); None: the recorded ``oscillations`` and no ``oscillation_depth``.
+        counted_layers: the lens positions whose switches count (None: every decoder layer).
 
     Returns:
         A dict of plain JSON types (no NaN or infinity: a missing number is None and a note
@@ -200,6 +235,16 @@ def summarise(
     robust = robustness_split(x, y, total, n_boot=n_boot, seed=seed, ci_level=CI_LEVEL)
     if curve.note:
         notes.append(f"following curve ({curve.status}): {curve.note}")
+    depth, without = None, None
+    if layers is not None:
+        regions = case_regions(kept, curve.balance_point, region_width)
+        depth, counts, counts_nc = oscillation_depth(kept, regions, layers, counted=counted_layers,
+                                                     n_boot=n_boot, seed=seed)
+        rows = [{**r, "oscillations": counts.get(r["case_id"])} for r in rows] if counts else rows
+        kept = [r for r in rows if _is_kept_conflict(r)]
+        if counts_nc:
+            pairs = [(counts_nc[r["case_id"]], g) for r, g in zip(kept, regions) if r["case_id"] in counts_nc]
+            without = compare_regions([c for c, _ in pairs], [g for _, g in pairs], n_boot=n_boot, seed=seed)
 
     summary = {
         "n_cases": len(rows),
@@ -225,7 +270,11 @@ def summarise(
         "controls": _controls(rows, control_names, n_boot=n_boot, seed=seed),
         "tiers": _tiers(conflict),
         "filter": filter_counts,
-        "parameters": {"seed": seed, "n_boot": n_boot, "region_width": region_width, "ci_level": CI_LEVEL},
+        "indices": index_curves(curve_rows, n_boot=n_boot, seed=seed, ci_level=CI_LEVEL),
+        "oscillation_depth": depth,
+        "oscillation_without_constant": without,
+        "parameters": {"seed": seed, "n_boot": n_boot, "region_width": region_width, "ci_level": CI_LEVEL,
+                       "layers": (depth or {}).get("layers_counted")},
         "notes": notes,
     }
     return _jsonable(summary)

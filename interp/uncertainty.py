@@ -50,6 +50,7 @@ __all__ = [
     "one_minus_max_p",
     "response_confidence",
     "top2_margin",
+    "top_logprob_indices",
 ]
 
 NMLP_TOP_K = 20
@@ -207,6 +208,33 @@ def nmlp_confidence(logits: Logits, k: int = NMLP_TOP_K, dim: int = -1) -> Index
     masked = np.isneginf(top)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (0.0 - np.where(masked, 0.0, top).sum(axis=-1)) / (~masked).sum(axis=-1)
+
+
+def top_logprob_indices(top_logp: Float[np.ndarray, "*batch k"], k: int = NMLP_TOP_K) -> dict[str, np.ndarray]:
+    """``1 - max p``, the top-2 margin and NMLP from the highest log-probs alone (numpy).
+
+    ``top_logp[..., i]`` is ``log p_(i+1)``, the (i+1)-th largest log-probability of the full
+    vocabulary (``LensResult.top_logits - LensResult.logsumexp``), sorted descending. This is
+    what a reduced lens keeps instead of the whole vocabulary; the three indices depend on the
+    top tokens only, so with at least ``k`` of them they equal :func:`one_minus_max_p`,
+    :func:`top2_margin` and :func:`nmlp_confidence` of the full logits (fewer than ``k``: NMLP
+    over those given, as :func:`nmlp_confidence` does for a short vocabulary). ``-inf``
+    entries (masked tokens) are left out of NMLP.
+
+    Returns:
+        ``{"one_minus_max_p", "top2_margin", "nmlp"}``, each with the last axis removed; the
+        margin is NaN when fewer than two log-probs are given.
+    """
+    a = np.asarray(top_logp, dtype=np.float64)
+    if a.ndim == 0 or a.shape[-1] < 1:
+        raise ValueError("top_logp needs a last axis with at least one log-probability")
+    a = -np.sort(-a, axis=-1)  # descending, whatever order the caller kept
+    margin = np.exp(a[..., 0]) - np.exp(a[..., 1]) if a.shape[-1] >= 2 else np.full(a.shape[:-1], np.nan)
+    top = a[..., : min(int(k), a.shape[-1])]
+    masked = np.isneginf(top)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        nmlp = (0.0 - np.where(masked, 0.0, top).sum(axis=-1)) / (~masked).sum(axis=-1)
+    return {"one_minus_max_p": 0.0 - np.expm1(a[..., 0]), "top2_margin": margin, "nmlp": nmlp}
 
 
 def candidate_entropy(

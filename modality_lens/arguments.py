@@ -15,7 +15,8 @@ from typing import Any
 from interp.errors import ArgumentError
 
 __all__ = ["BUILTIN_DATASETS", "MIN_IMAGE_SIZE", "positive_int", "non_negative_int", "image_size_option",
-           "dataset_source", "output_folder", "check_run_arguments"]
+           "dataset_source", "output_folder", "check_run_arguments", "region_width_option", "layers_option",
+           "check_layers"]
 
 BUILTIN_DATASETS = ("colour", "shapes")
 MIN_IMAGE_SIZE = 32
@@ -66,6 +67,48 @@ def image_size_option(value: Any) -> int | str | None:
     return number
 
 
+def region_width_option(value: Any) -> float:
+    """The half-width of the ambiguous region, a finite number >= 0 (dH_rel units)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ArgumentError(f"--region-width must be a number, got {value!r}") from None
+    if not (0 <= number < float("inf")):
+        raise ArgumentError(f"--region-width must be a finite number >= 0, got {value!r}")
+    return number
+
+
+def layers_option(value: Any) -> list[int] | None:
+    """The lens positions whose switches count: None / "all" (every decoder layer), or a list such
+    as "2-4,6" or [2, 3, 4, 6] (0 = the embedding output, l = after decoder layer l)."""
+    if value is None or value == "all":
+        return None
+    if isinstance(value, str):
+        out: set[int] = set()
+        for part in value.replace(" ", "").split(","):
+            low, dash, high = part.partition("-")
+            try:
+                a, b = int(low), int(high) if dash else int(low)
+            except ValueError:
+                raise ArgumentError(f"--layers takes all or a list like 2-4,6 (lens positions), not {value!r}") from None
+            if a < 0 or b < a:
+                raise ArgumentError(f"--layers: {part!r} is no range of lens positions (0 <= first <= last)")
+            out.update(range(a, b + 1))
+        return sorted(out)
+    numbers = sorted({non_negative_int("--layers", v) for v in value})
+    if not numbers:
+        raise ArgumentError("--layers needs at least one lens position (or all)")
+    return numbers
+
+
+def check_layers(layers: list[int] | None, n_layers: int) -> None:
+    """Refuse counted lens positions the model does not have (0..n_layers)."""
+    bad = [p for p in layers or () if p > n_layers]
+    if bad:
+        raise ArgumentError(f"--layers {bad} beyond this model's {n_layers} decoder layers: lens positions are "
+                            f"0 (embedding output) to {n_layers}")
+
+
 def dataset_source(value: Any) -> str | None:
     """None (the colour set), a built-in set's name, or an existing dataset folder."""
     if value is None:
@@ -107,15 +150,18 @@ def output_folder(out: Any, resume: bool) -> Path:
 
 
 def check_run_arguments(*, batch_size: Any, limit: Any, seed: Any, n_per_cell: Any, image_size: Any,
-                        n_boot: Any, dataset: Any, out: Any, resume: bool) -> dict[str, Any]:
+                        n_boot: Any, dataset: Any, out: Any, resume: bool, region_width: Any = 0.5,
+                        layers: Any = None) -> dict[str, Any]:
     """Every argument of `pipeline.run` that is checked before loading: the values to use."""
     return {
+        "region_width": region_width_option(region_width),
+        "layers": layers_option(layers),
         "batch_size": positive_int("--batch-size", batch_size),
         "limit": None if limit is None else positive_int("--limit", limit),
         "seed": non_negative_int("--seed", seed),
         "n_per_cell": positive_int("--n-per-cell", n_per_cell),
         "image_size": image_size_option(image_size),
-        "n_boot": positive_int("n_boot", n_boot),
+        "n_boot": positive_int("--n-boot", n_boot),
         "dataset": dataset_source(dataset),
         "out": output_folder(out, resume),
     }

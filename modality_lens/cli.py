@@ -110,7 +110,8 @@ def _run(args: argparse.Namespace) -> int:
     run_dir = run(model=args.model, dataset=args.dataset, out=args.out, batch_size=args.batch_size,
                   device=args.device, dtype=args.dtype, limit=args.limit, seed=args.seed, resume=args.resume,
                   image_size=args.image_size, **({"n_per_cell": args.n_per_cell} if args.n_per_cell else {}),
-                  threads=args.threads, reuse=args.reuse)
+                  threads=args.threads, reuse=args.reuse, n_boot=args.n_boot, region_width=args.region_width,
+                  layers=args.layers)
     print(format_summary(run_dir.read_summary()))
     print(f"report: {run_dir.report_path.resolve()}")
     return 0
@@ -131,7 +132,20 @@ def _report(args: argparse.Namespace) -> int:
         from modality_lens.perturb import report_perturb_main
 
         return report_perturb_main(args.run_dir)
-    return report_main(args.run_dir)
+    return report_main(args.run_dir, n_boot=args.n_boot, region_width=args.region_width, layers=args.layers)
+
+
+def _add_summary_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """--n-boot, --region-width and --layers: how the summary is computed from the records."""
+    keep = " (default: as the run recorded)" if not defaults else ""
+    parser.add_argument("--n-boot", type=_option(checks.positive_int, "--n-boot"), default=1000 if defaults else None,
+                        help="bootstrap resamples of every interval, >= 1" + (" (default 1000)" if defaults else keep))
+    parser.add_argument("--region-width", type=_option(checks.region_width_option), default=0.5 if defaults else None,
+                        help="half-width of the ambiguous region |ΔH_rel − balance point| <= W, in ΔH_rel units"
+                             + (" (default 0.5, the paper's)" if defaults else keep))
+    parser.add_argument("--layers", type=_option(checks.layers_option), default=None,
+                        help="lens positions whose switches count: all (every decoder layer) or a list like 2-4,6 "
+                             "(0 = embedding output, l = after decoder layer l)" + (" (default all)" if defaults else keep))
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -154,6 +168,7 @@ def _add_run(sub: Any) -> None:
     run.add_argument("--no-reuse", dest="reuse", action="store_false",
                      help="compute every pass of every case as a full forward (no deduplication, no prefix cache; "
                           "the reference the reused computation must equal)")
+    _add_summary_options(run, defaults=True)
     _add_job_options(run, job="run", unit="cases", batch_default=16, seeds="the built-in dataset's generation")
     run.set_defaults(func=_run)
 
@@ -299,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_consistency(sub)
     report = sub.add_parser("report", help="redraw the figures and report.html of a run directory")
     report.add_argument("run_dir")
+    _add_summary_options(report, defaults=False)
     report.set_defaults(func=_report)
     check = sub.add_parser("check", help="load a model, show its adapter and prompt geometry, run the self-check")
     check.add_argument("source", help="a model directory, a hub id (org/name), or tiny:FAMILY (e.g. tiny:llava)")

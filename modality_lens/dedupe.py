@@ -8,7 +8,7 @@ scene under four text tiers, the text-only pass of a control and its conflict ca
 computed row. Rows that must be computed go through `hooks.prefix.prefix_lens` when the class
 reuses a prefix cache, else through the full forward (`VLM.lens`), as `reuse=False` always does.
 
-What is stored per row is the reduced lens (entropy, log-normaliser, top-1, candidate logits over
+What is stored per row is the reduced lens (entropy, log-normaliser, the top 20, candidate logits over
 the run's candidate ids), so a row computed for one case serves another with other answers.
 `PassMemo.stats()` counts what was saved: rows requested and computed per pass, and the real
 (unpadded) language-model tokens and vision-tower runs of the uncached computation against those
@@ -30,6 +30,7 @@ from hooks.prefix import PrefixCache, PrefixUnavailable, prefix_lens, prefix_sup
 from hooks.prompts import PassBatch, append_tokens
 from hooks.taps import LensResult
 from interp.candidates import CandidatePair
+from interp.uncertainty import NMLP_TOP_K
 from modality_lens.cases import case_item, case_pair
 
 __all__ = ["PassMemo", "PREFIX_CACHE_BYTES"]
@@ -136,7 +137,9 @@ class PassMemo:
             self._warned = True
 
     def _lens(self, batch: PassBatch) -> LensResult:
-        kwargs = dict(keep_logits=False, candidate_ids=self.candidate_ids, top_k=1)
+        # the top 20 (not 1) give 1 - max p, the top-2 margin and NMLP besides the top-1 class
+        kwargs = dict(keep_logits=False, candidate_ids=self.candidate_ids,
+                      top_k=min(NMLP_TOP_K, self.vlm.vocab_size))
         if self.prefix is not None:
             before = self.prefix.counts()
             try:

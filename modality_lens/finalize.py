@@ -12,7 +12,7 @@ correct-in-both filter), the summary's ``warnings`` say so; `modality_lens.repor
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from interp.summary import AMBIGUOUS_WIDTH, summarise, with_regions
 from interp.vocabulary import normalise_answer
@@ -46,13 +46,39 @@ def _outside_warning(cases: Any) -> list[str]:
             "Use a model trained or instructed for this task (the shipped model knows the colour set only)"]
 
 
-def finalize(run: RunDir, *, n_boot: int = 1000, region_width: float | None = None) -> dict[str, Any]:
-    """Write layers.parquet, cases.parquet (with ``region``) and summary.json of `run`; return the summary."""
-    width = AMBIGUOUS_WIDTH if region_width is None else region_width
-    seed = run.read_run_info().get("seed") or 0
+def _known_tokens(run: RunDir) -> dict[int, str]:
+    """Token texts an earlier summary.json of the run recorded (a redraw has no tokenizer)."""
+    try:
+        rows = run.read_summary()["oscillation_depth"]["constant_layers"]["layers"]
+        return {r["top1"]: r["token"] for r in rows if r.get("token") is not None}
+    except (Exception,):  # no summary yet, or one without the diagnostic
+        return {}
+
+
+def finalize(run: RunDir, *, n_boot: int | None = None, region_width: float | None = None,
+             layers: list[int] | None = None, decode: Callable[[int], str] | None = None) -> dict[str, Any]:
+    """Write layers.parquet, cases.parquet (with ``region`` and the recounted oscillations) and
+    summary.json of `run`; return the summary.
+
+    ``n_boot``, ``region_width`` and ``layers`` (the counted lens positions) default to what
+    run.json's arguments recorded (else 1000, 0.5 and every decoder layer); ``decode`` (token id
+    -> text) names the token of each constant layer, which a run directory alone cannot.
+    """
+    info = run.read_run_info()
+    args = info.get("arguments") or {}
+    n_boot = int(args.get("n_boot") or 1000) if n_boot is None else n_boot
+    width = region_width if region_width is not None else args.get("region_width", AMBIGUOUS_WIDTH)
+    counted = layers if layers is not None else args.get("layers")
+    seed = info.get("seed") or 0
     cases = run.read_cases()
-    layers = run.read_layers()
-    summary = summarise(cases, seed=int(seed), n_boot=n_boot, region_width=width)
+    all_layers = run.read_layers()
+    summary = summarise(cases, seed=int(seed), n_boot=n_boot, region_width=width, layers=all_layers,
+                        counted_layers=counted)
+    summary["n_layers_model"] = (info.get("model") or {}).get("n_layers")
+    constant = (summary.get("oscillation_depth") or {}).get("constant_layers") or {}
+    known = _known_tokens(run) if decode is None else {}
+    for row in constant.get("layers", []):
+        row["token"] = decode(row["top1"]) if decode is not None else known.get(row["top1"])
     summary["warnings"] = _outside_warning(cases)
-    run.write_final(with_regions(cases, summary), layers, summary)
+    run.write_final(with_regions(cases, summary, all_layers), all_layers, summary)
     return summary

@@ -29,6 +29,7 @@ from hooks.prompts import PassBatch, append_tokens
 from interp.candidates import CandidatePair
 from interp.following import correct_in_both
 from interp.logit_lens import Trajectory, trajectories
+from interp.uncertainty import NMLP_TOP_K
 from interp.vocabulary import PASSES
 from modality_lens.atomic import atomic_write_bytes, json_text
 from modality_lens.cases import BUILTIN_N_PER_CELL, auto_image_size, case_item, case_pairs, load_cases
@@ -56,7 +57,7 @@ def _run_pass(vlm: VLM, batch: PassBatch, pairs: Sequence[CandidatePair]) -> lis
     if any(p.prefix for p in pairs):
         batch = append_tokens(batch, [p.prefix for p in pairs])
     ids = sorted({t for p in pairs for t in p.ids})
-    result = vlm.lens(batch, keep_logits=False, candidate_ids=ids, top_k=1)
+    result = vlm.lens(batch, keep_logits=False, candidate_ids=ids, top_k=min(NMLP_TOP_K, vlm.vocab_size))
     return trajectories(pairs, result)
 
 
@@ -126,6 +127,8 @@ def run(
     n_per_cell: int = BUILTIN_N_PER_CELL,
     image_size: int | str | None = "auto",
     n_boot: int = 1000,
+    region_width: float = 0.5,
+    layers: str | list[int] | None = None,
     progress: bool = True,
     figures: bool = True,
     reuse: bool = True,
@@ -138,13 +141,17 @@ def run(
     run continues with `resume=True` (same model, dataset, seed, dtype and limit). `reuse=False`
     computes every pass of every case as a full forward (`process_batch`); `threads` sets torch's
     CPU threads (None: torch's default); run.json records both, and reuse.json what reuse saved.
+    `n_boot`, `region_width` and `layers` (the lens positions whose switches count, "2-4,6" or a
+    list; None: every decoder layer) shape the summary only, not the records.
     """
-    from modality_lens.arguments import BUILTIN_DATASETS, check_run_arguments  # before anything is loaded
+    from modality_lens.arguments import BUILTIN_DATASETS, check_layers, check_run_arguments  # before loading
     from modality_lens.arguments import positive_int as check_positive
 
     checked = check_run_arguments(batch_size=batch_size, limit=limit, seed=seed, n_per_cell=n_per_cell,
                                   image_size=image_size, n_boot=n_boot, dataset=dataset,
-                                  out=out or Path("runs") / f"run-seed{seed}", resume=resume)
+                                  out=out or Path("runs") / f"run-seed{seed}", resume=resume,
+                                  region_width=region_width, layers=layers)
+    region_width, layers = checked["region_width"], checked["layers"]
     batch_size, limit, seed, n_per_cell, image_size, n_boot = (
         checked[k] for k in ("batch_size", "limit", "seed", "n_per_cell", "image_size", "n_boot"))
     threads = None if threads is None else check_positive("threads", threads)
@@ -155,6 +162,7 @@ def run(
         torch.set_num_threads(int(threads))
     source = model or default_model()
     vlm = load_vlm(source, device=device, dtype=dtype)
+    check_layers(layers, vlm.n_layers)  # before anything is written
     size = auto_image_size(vlm.processor) if image_size == "auto" else image_size
     cases, data_info = folder or load_cases(dataset, seed=seed, n_per_cell=n_per_cell, image_size=size, limit=limit)
     # refuse untokenisable or identical answers before writing anything (the memo keeps their ids)
@@ -175,12 +183,13 @@ def run(
         "seed": seed,
         "arguments": {"dtype": str(vlm.dtype).removeprefix("torch."), "limit": limit, "batch_size": batch_size,
                       "n_per_cell": n_per_cell, "image_size": size, "n_boot": n_boot,
+                      "region_width": region_width, "layers": layers,
                       "reuse": reuse, "threads": torch.get_num_threads()},
         "device": str(vlm.device),
     }, resume=resume)
     try:
         _fill_run(run_dir, vlm, cases, batch_size=batch_size, progress=progress, reuse=reuse, memo=memo,
-                  n_boot=n_boot, figures=figures)
+                  summary={"n_boot": n_boot, "region_width": region_width, "layers": layers}, figures=figures)
     except BaseException:
         discard_if_empty(run_dir, new_folder)
         raise
@@ -190,7 +199,7 @@ def run(
 
 
 def _fill_run(run_dir: RunDir, vlm: VLM, cases: Sequence[Any], *, batch_size: int, progress: bool, reuse: bool,
-              memo: PassMemo | None, n_boot: int, figures: bool) -> None:
+              memo: PassMemo | None, summary: dict[str, Any], figures: bool) -> None:
     """The rows of every case not yet committed, then reuse.json, the summary, figures and report."""
     done = run_dir.done_case_ids()
     todo = [c for c in cases if c.id not in done]
@@ -199,7 +208,7 @@ def _fill_run(run_dir: RunDir, vlm: VLM, cases: Sequence[Any], *, batch_size: in
         run_dir.append(case_rows, rows_of_layers)
     stats = memo.stats() if memo is not None else {"reuse": False}
     atomic_write_bytes(run_dir.path / "reuse.json", json_text({"cases": len(todo), **stats}).encode())
-    finalize(run_dir, n_boot=n_boot)
+    finalize(run_dir, **summary, decode=lambda i: vlm.tokenizer.decode([int(i)]).strip())
     if figures:
         # imported here: matplotlib costs ~0.3 s of start-up that iter_rows users never need
         from modality_lens.plots import draw_all

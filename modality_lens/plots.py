@@ -15,7 +15,6 @@ text ahead, is red too).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import textwrap
 from pathlib import Path
@@ -24,17 +23,16 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from jaxtyping import Float, Int
 from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
-from matplotlib.figure import Figure
 from scipy.special import expit
 
 from interp.curves import isotonic_decreasing
-from interp.summary import summarise, with_regions
+from modality_lens import paper_figures
+from modality_lens.figure_base import (CLASS_COLOURS, TEXT_COLOUR, VISION_COLOUR, RunData, figure_note, new_figure,
+                                       save_figure)
 from modality_lens.rows import LAYER_SCHEMA
 from modality_lens.rundir import RunDir
 
@@ -54,68 +52,6 @@ __all__ = [
     "plot_trajectories",
     "sample_cases",
 ]
-
-TEXT_COLOUR = "#d62728"
-VISION_COLOUR = "#1f77b4"
-IRRELEVANT_COLOUR = "#9a9a9a"
-CLASS_COLOURS = {"text": TEXT_COLOUR, "vision": VISION_COLOUR, "irrelevant": IRRELEVANT_COLOUR}
-DPI = 110
-
-
-@dataclasses.dataclass(frozen=True)
-class RunData:
-    """What the figures need from a run: case rows (with ``region``), the summary, the conflict-pass layer rows.
-
-    :meth:`load` reads the finalized files (cases.parquet, summary.json, layers.parquet) when
-    they cover every committed case; otherwise it summarises the committed chunks in memory
-    (with run.json's seed) and writes nothing.
-    """
-
-    cases: list[dict[str, Any]]
-    summary: dict[str, Any]
-    layers: pa.Table
-    run_info: dict[str, Any]
-
-    @classmethod
-    def load(cls, run: "RunDir | str | Path | RunData") -> "RunData":
-        if isinstance(run, RunData):
-            return run
-        run = run if isinstance(run, RunDir) else RunDir(run)
-        info = run.read_run_info()
-        if run.is_finalized():
-            cases = run.read_final_cases()
-            summary = run.read_summary()
-            layers = pq.read_table(run.layers_path, filters=[("pass", "=", "conflict")])
-        else:
-            raw = run.read_cases()
-            summary = summarise(raw, seed=int(info.get("seed") or 0))
-            cases = with_regions(raw, summary)
-            layers = run.read_layers(passes=["conflict"])
-        return cls(cases=cases.to_pylist(), summary=summary, layers=layers, run_info=info)
-
-
-def new_figure(width: float, height: float) -> Figure:
-    """A `width` x `height` inch figure at the report's DPI, on an Agg canvas (no pyplot state)."""
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save_figure(fig: Figure, out: str | Path) -> Path:
-    """`fig` as a PNG at `out` (folders made; no software tag, so the bytes are reproducible)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=DPI, metadata={"Software": None})
-    return out
-
-
-def figure_note(ax: Axes, text: str) -> None:
-    """An empty panel that says why it is empty."""
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.text(0.5, 0.5, textwrap.fill(text, 48), ha="center", va="center", transform=ax.transAxes,
-            fontsize=10, color="#444444")
-
 
 def _fmt(v: float | None, digits: int = 2) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
@@ -427,6 +363,23 @@ FIGURES: tuple[tuple[str, Callable[..., Path], str], ...] = (
      "(spread evenly over ΔH_rel, not chosen by outcome)."),
     ("oscillations", plot_oscillations,
      "Mean number of vision ↔ text switches of the layer-wise top-1 answer, per region and for the controls."),
+    ("uncertainty_tiers", paper_figures.plot_uncertainty_tiers,
+     "Every uncertainty index (entropy, candidate entropy, 1 − max p, top-2 margin, NMLP) of the vision-only pass "
+     "by visual tier and of the text-only pass by text tier: mean over conflict cases with a 95% interval."),
+    ("index_curves", paper_figures.plot_index_curves,
+     "The following curve of each index's relative form (oriented so that negative = more certain from the text): "
+     "equal-count bins with Wilson intervals, the logistic fit, and the balance point with its bootstrap CI."),
+    ("oscillation_outcomes", paper_figures.plot_oscillation_outcomes,
+     "Mean switches in the ambiguous and the clear region over all kept cases and within text-followers, "
+     "image-followers and other answers; right: the same without the constant layers."),
+    ("oscillation_depth", paper_figures.plot_oscillation_depth,
+     "Left: mean switches per case landing at each counted layer, per region and outcome. Right: per lens "
+     "position, the share of all rows whose top-1 is the most common one there; red = the same for every row."),
+    ("class_trajectories", paper_figures.plot_class_trajectories,
+     "Top-1 class at every layer of the conflict pass for example cases of each region and outcome "
+     "(spread evenly over ΔH_rel within each group)."),
+    ("dh_rel_tiers", paper_figures.plot_dh_rel_tiers,
+     "Distribution of ΔH_rel per visual tier and per text tier over all conflict cases, with the balance point."),
 )
 """(name, function, caption) of every figure, in report order; files are ``figures/<name>.png``."""
 

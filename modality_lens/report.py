@@ -81,13 +81,88 @@ def key_numbers(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("oscillations, clear", _mean_ci(osc["clear"])),
         ("ambiguous − clear", f"{_num(osc['difference'], 2)} {_ci(osc['difference_ci'], 2)}".strip()),
     ]
+    without = s.get("oscillation_without_constant")
+    if without:
+        rows.append(("oscillations without constant layers, ambiguous / clear",
+                     f"{_mean_ci(without['ambiguous'])} / {_mean_ci(without['clear'])}"))
     for name, entry in s["controls"].items():
         rows.append((f"oscillations, {name.replace('_', '-')} control", _mean_ci(entry)))
     r = s["robustness"]
     rows.append(("balance point, low / high H_t + H_v half",
                  f"{_num(r['low']['balance_point'])} / {_num(r['high']['balance_point'])} "
                  f"(median {_num(r['median_total_entropy'], 2)} nats)"))
+    for name, entry in (s.get("indices") or {}).items():
+        if name != "entropy":
+            rows.append((f"balance point, {name} (ρ)", f"{_num(entry['balance_point'])} "
+                         f"{_ci(entry['balance_point_ci'])} (ρ {_num(entry['spearman_rho'], 2)})".replace("  ", " ")))
+    depth = s.get("oscillation_depth") or {}
+    for key, what in (("by_outcome", ""), ("by_outcome_without_constant", " without constant layers")):
+        for label in ("text", "vision"):
+            e = (depth.get(key) or {}).get(label)
+            if e:
+                rows.append((f"oscillations{what}, {label}-followers: ambiguous / clear",
+                             f"{_num(e['ambiguous']['mean'], 2)} / {_num(e['clear']['mean'], 2)} "
+                             f"(n = {e['ambiguous']['n']} / {e['clear']['n']})"))
+    if "constant_layers" in depth:
+        rows.append(("constant layers (same top-1 in every row)", _constant_text(depth["constant_layers"])))
     return rows
+
+
+def _constant_text(diagnostic: dict[str, Any]) -> str:
+    named = [f"{r['layer']} ({r['token']!r})" if r.get("token") is not None else str(r["layer"])
+             for r in diagnostic["layers"] if r["layer"] in diagnostic["flagged"]]
+    return ", ".join(named) or "none"
+
+
+PAPER = "Zhang et al., arXiv 2511.02243"
+
+
+def _agrees(value: float | None, sign: int) -> str:
+    return "n/a" if value is None else ("yes" if value * sign > 0 else "no")
+
+
+def paper_rows(s: dict[str, Any]) -> list[list[str]]:
+    """(headline, this run, the paper's published value or sign, same sign?) rows."""
+    osc, depth = s["oscillation"], s.get("oscillation_depth") or {}
+    rows = [["Spearman ρ(ΔH_rel, follows text)", _num(s["spearman_rho"], 2),
+             "negative: P(follow text) falls as ΔH_rel rises (the law)", _agrees(s["spearman_rho"], -1)],
+            ["balance point", _num(s["balance_point"], 2),
+             "model-specific; below 0 = an inherent vision preference, above 0 = a text preference", "-"]]
+    rows.append(["oscillations, ambiguous − clear", _num(osc["difference"], 2),
+                 "+0.72 (1.43 vs 0.71, LLaVA-1.6-7B): ambiguous cases oscillate more", _agrees(osc["difference"], 1)])
+    for key, what in (("by_outcome", ""), ("by_outcome_without_constant", ", without constant layers")):
+        for label in ("text", "vision"):
+            e = (depth.get(key) or {}).get(label)
+            if e:
+                rows.append([f"ambiguous − clear within {label}-followers{what}", _num(e["difference"], 2),
+                             "positive (the paper's direction)", _agrees(e["difference"], 1)])
+    control = (s.get("controls") or {}).get("text_irrelevant") or {}
+    if control.get("mean") is not None:
+        rows.append(["oscillations, text-irrelevant control", _num(control["mean"], 2),
+                     "0.35 (LLaVA-1.5-7B), below both regions", "-"])
+    for name, entry in (s.get("indices") or {}).items():
+        if name != "entropy":
+            rows.append([f"Spearman ρ, {name}", _num(entry["spearman_rho"], 2),
+                         "negative: the law holds across uncertainty indices", _agrees(entry["spearman_rho"], -1)])
+    return rows
+
+
+def definitions_html(s: dict[str, Any], info: dict[str, Any]) -> list[str]:
+    """What the report's words mean in this run: the regions, the intervals, the layers counted."""
+    p, depth = s["parameters"], s.get("oscillation_depth") or {}
+    n_layers = s.get("n_layers_model") or (info.get("model") or {}).get("n_layers") or depth.get("n_layers")
+    counted = depth.get("layers_counted")
+    text = (f"<p><b>Ambiguous region</b>: kept conflict cases with |ΔH_rel − balance point| ≤ {p['region_width']:g} "
+            f"(<code>--region-width</code>, the paper's 0.5 by default); <b>clear</b>: the other kept conflict cases. "
+            f"Intervals: {int(p['ci_level'] * 100)}% percentile bootstrap over cases, {p['n_boot']} resamples "
+            f"(<code>--n-boot</code>), seed {p['seed']}. The model has <b>{n_layers} decoder layers</b>; the lens "
+            "reads position 0 (the embedding output) and 1.. (after each decoder layer); a switch is counted "
+            f"over positions {counted if counted else 'of every decoder layer'} (<code>--layers</code>). "
+            "Constant layers (the same top-1 for every row of the run): "
+            f"{html.escape(_constant_text(depth['constant_layers'])) if 'constant_layers' in depth else 'n/a'}; "
+            "every oscillation number is also given without them.</p>")
+    table = html_table(["headline", "this run", f"paper ({PAPER})", "same sign"], paper_rows(s), numeric_from=1)
+    return ["<h2>Definitions</h2>", text, "<h2>Beside the paper</h2>", table]
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -190,7 +265,7 @@ def write_report(run_dir: RunDir | str | Path) -> Path:
                         ("robustness, high half", s["robustness"]["high"].get("note"))):
         if note:
             notes.append(f"{where}: {note}")
-    parts += notes_html(notes) + figures_html(_figures(run))
+    parts += definitions_html(s, info) + notes_html(notes) + figures_html(_figures(run))
     tiers = s["tiers"]
     header = ["tier", "cases", "accuracy [95% CI]", "mean entropy ± SD (nats)", "kept", "TFR (kept)"]
     parts += [
@@ -208,8 +283,17 @@ def write_report(run_dir: RunDir | str | Path) -> Path:
     return run.report_path
 
 
-def report_main(run_dir: str) -> int:
+SUMMARY_KEYS = ("indices", "oscillation_depth")
+"""Summary keys newer than the first release: a summary.json without them is recomputed."""
+
+
+def report_main(run_dir: str, *, n_boot: int | None = None, region_width: float | None = None,
+                layers: list[int] | None = None) -> int:
     """``modality-lens report RUN_DIR``: finalize if needed, draw the figures, write report.html, print key numbers.
+
+    The summary is recomputed from the records when it is missing, stale, older than
+    :data:`SUMMARY_KEYS`, or when ``n_boot``, ``region_width`` or ``layers`` is given (None: as the
+    run recorded).
 
     Returns:
         0 on success.
@@ -221,7 +305,12 @@ def report_main(run_dir: str) -> int:
     if not run.path.is_dir():
         raise RunDirError(f"{run_dir}: no such run directory; pass the --out folder of a `modality-lens run`")
     run.read_run_info()
-    summary = run.read_summary() if run.is_finalized() else finalize(run)
+    overrides = {"n_boot": n_boot, "region_width": region_width, "layers": layers}
+    current = run.is_finalized() and all(k in run.read_summary() for k in SUMMARY_KEYS)
+    if current and all(v is None for v in overrides.values()):
+        summary = run.read_summary()
+    else:
+        summary = finalize(run, **overrides)
     draw_all(run)
     path = write_report(run)
     print(format_summary(summary))

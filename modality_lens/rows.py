@@ -17,17 +17,20 @@ import dataclasses
 import functools
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import pyarrow as pa
 
 from interp.candidates import CandidatePair
+from interp.errors import RunDirError
+from interp.indices import pass_indices
 from interp.logit_lens import Trajectory
 from interp.oscillation import count_switches
 from interp.uncertainty import dh_rel
 
-__all__ = ["CaseRow", "LayerRow", "CASE_SCHEMA", "LAYER_SCHEMA", "arrow_schema", "case_row", "layer_rows"]
+__all__ = ["CaseRow", "LayerRow", "CASE_INDEX_COLUMNS", "CASE_SCHEMA", "LAYER_SCHEMA", "arrow_schema", "case_row",
+           "layer_rows", "refuse_older_chunks"]
 
 
 class _Row(Mapping):
@@ -73,6 +76,13 @@ class CaseRow(_Row):
     last-layer probabilities and logit difference; ``divergence_position``: tokens of the
     answers' common prefix (`interp.candidates`).
 
+    The alternative uncertainty indices of the vision-only (``_v``) and text-only (``_t``) pass
+    at the last layer (`interp.indices`, METHOD §1.2): ``h_cand_*`` the entropy over the case's
+    two candidate answers, renormalised (nats); ``one_minus_max_p_*``; ``margin_*`` the top-2
+    margin ``p_(1) - p_(2)``; ``nmlp_*`` the NMLP confidence over the top 20 (nats, higher =
+    surer). They default to None, so rows of earlier versions (and hand-made rows) still load
+    (:data:`CASE_INDEX_COLUMNS`).
+
     ``region`` is not a field: it depends on the balance point of the whole run and is added
     when the run is finalized (`modality_lens.finalize`).
     """
@@ -104,6 +114,14 @@ class CaseRow(_Row):
     p_vision_m: float | None
     logit_diff_m: float | None
     divergence_position: int | None
+    h_cand_v: float | None = None
+    h_cand_t: float | None = None
+    one_minus_max_p_v: float | None = None
+    one_minus_max_p_t: float | None = None
+    margin_v: float | None = None
+    margin_t: float | None = None
+    nmlp_v: float | None = None
+    nmlp_t: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -146,7 +164,20 @@ def arrow_schema(row_type: type[_Row]) -> pa.Schema:
 
 
 CASE_SCHEMA = arrow_schema(CaseRow)
-"""Columns of every case row; extra columns may follow (e.g. other uncertainty indices)."""
+"""Columns of every case row; extra columns may follow."""
+CASE_INDEX_COLUMNS: tuple[str, ...] = tuple(f"{stem}_{p}" for stem in ("h_cand", "one_minus_max_p", "margin", "nmlp")
+                                            for p in ("v", "t"))
+"""The alternative-index columns (added after the first release): a row without them gets nulls."""
+
+
+def refuse_older_chunks(path: Any, columns: Sequence[str], chunk_columns: Sequence[Sequence[str]]) -> None:
+    """RunDirError when a committed chunk (its column names in ``chunk_columns``) lacks one of
+    ``columns``: a resume would leave them null for its cases, and the summary would rest on the rest."""
+    lacking = sorted({c for names in chunk_columns for c in columns if c not in names})
+    if lacking:
+        raise RunDirError(f"--resume refused: {path} was written by an older modality-lens whose case rows lack "
+                          f"{lacking}; start afresh with another --out (or delete {path}); `modality-lens report "
+                          f"{path}` still redraws the old run. Nothing was changed.")
 LAYER_SCHEMA = arrow_schema(LayerRow)
 """Columns of every layer row."""
 
@@ -162,6 +193,7 @@ def case_row(case: Any, pair: CandidatePair, trajectories: Mapping[str, Trajecto
     (y_v, class_v), (y_t, class_t), (y_m, class_m) = answers["vision"], answers["text"], answers["conflict"]
     h_v, h_t = float(tv.entropy[-1]), float(tt.entropy[-1])
     reason = "control" if case.control else drop_reason
+    extra = {f"{stem}_{p}": value for p, traj in (("v", tv), ("t", tt)) for stem, value in pass_indices(traj).items()}
     return CaseRow(
         case_id=case.id, group_id=case.group_id, visual_tier=case.visual_tier, text_tier=case.text_tier,
         control=case.control, image_answer=case.image_answer, text_answer=case.text_answer,
@@ -172,7 +204,7 @@ def case_row(case: Any, pair: CandidatePair, trajectories: Mapping[str, Trajecto
         oscillations=count_switches(tm.classes, has_embedding=True), task=case.task,
         class_v=class_v, class_t=class_t, class_m=class_m,
         p_text_m=float(tm.p_text[-1]), p_vision_m=float(tm.p_vision[-1]),
-        logit_diff_m=float(tm.logit_diff[-1]), divergence_position=pair.divergence_position,
+        logit_diff_m=float(tm.logit_diff[-1]), divergence_position=pair.divergence_position, **extra,
     )
 
 

@@ -49,13 +49,14 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from interp import __version__
 from interp.errors import RunDirError
 from interp.vocabulary import LABELS, LAYER_CLASSES, PASSES
 from modality_lens.atomic import atomic_write_bytes, atomic_write_table, json_text, parquet_rows, read_parquet
 from modality_lens.provenance import git_commit, library_versions, now
-from modality_lens.rows import CASE_SCHEMA, LAYER_SCHEMA
+from modality_lens.rows import CASE_INDEX_COLUMNS, CASE_SCHEMA, LAYER_SCHEMA, refuse_older_chunks
 
 __all__ = ["IDENTITY", "RunDir"]
 
@@ -80,17 +81,17 @@ def _dig(info: Mapping[str, Any], dotted: str) -> Any:
     return value
 
 
-def _table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema, what: str) -> pa.Table:
-    """Rows -> a table with ``schema``'s columns first (typed) and any extra columns after."""
+def _table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema, what: str, optional: Iterable[str] = ()) -> pa.Table:
+    """Rows -> a table with ``schema``'s columns first (typed), extra columns after; ``optional`` ones may be absent."""
     names = set(schema.names)
-    missing = sorted({n for n in schema.names for r in rows if n not in r})
+    missing = sorted({n for n in schema.names for r in rows if n not in r and n not in optional})
     if missing:
         raise ValueError(f"{what} rows lack the column(s) {missing}; every row needs all of {schema.names}")
     extra = list(dict.fromkeys(k for r in rows for k in r if k not in names))  # first-seen order
     columns = {}
     for field in schema:
         try:
-            columns[field.name] = pa.array([r[field.name] for r in rows], type=field.type)
+            columns[field.name] = pa.array([r.get(field.name) for r in rows], type=field.type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as err:
             raise ValueError(f"{what} column {field.name!r} must be {field.type}: {err}") from err
         if not field.nullable and columns[field.name].null_count:
@@ -107,9 +108,7 @@ def _check_values(column: pa.Array, allowed: Iterable[str], what: str) -> None:
 
 
 def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
-    if not tables:
-        return schema.empty_table()
-    return pa.concat_tables(tables, promote_options="permissive")
+    return pa.concat_tables(tables, promote_options="permissive") if tables else schema.empty_table()
 
 
 class RunDir:
@@ -122,8 +121,7 @@ class RunDir:
         todo = [c for c in cases if c.id not in run.done_case_ids()]
         for batch in batches(todo):
             run.append(case_rows, layer_rows)         # one atomic chunk
-        summary = finalize(run, n_boot=1000)         # modality_lens.finalize: the final tables, summary.json
-        run.close()
+        summary = finalize(run, n_boot=1000); run.close()   # modality_lens.finalize: final tables, summary
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -263,6 +261,7 @@ class RunDir:
             self.done_case_ids()
             for _, layers in self._committed():
                 parquet_rows(layers)
+            refuse_older_chunks(self.path, self.RESUME_COLUMNS, [pq.read_schema(c).names for c, _ in self._committed()])
         except RunDirError:
             self.close()
             raise
@@ -273,6 +272,8 @@ class RunDir:
         )
         atomic_write_bytes(self.run_json, json_text(info).encode())
         return info
+
+    RESUME_COLUMNS: tuple[str, ...] = CASE_INDEX_COLUMNS  # case columns newer than the first release
 
     @staticmethod
     def identity_differences(recorded: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
@@ -391,7 +392,8 @@ class RunDir:
             return None
         if any(r.get("region") is not None for r in cases_rows):
             raise ValueError("region is computed when the run is finalized, from its balance point; do not append it")
-        cases = _table([{k: v for k, v in r.items() if k != "region"} for r in cases_rows], CASE_SCHEMA, "case")
+        cases = _table([{k: v for k, v in r.items() if k != "region"} for r in cases_rows], CASE_SCHEMA, "case",
+                       optional=CASE_INDEX_COLUMNS)
         layers = _table(layer_rows, LAYER_SCHEMA, "layer") if layer_rows else LAYER_SCHEMA.empty_table()
         _check_values(cases.column("label").combine_chunks(), LABELS, "label")
         _check_values(layers.column("pass").combine_chunks(), PASSES, "pass")

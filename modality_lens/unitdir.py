@@ -27,6 +27,7 @@ class UnitRunDir(RunDir):
     LAYER_SCHEMA: ClassVar[pa.Schema]
     IDENTITY_ARGUMENTS: ClassVar[tuple[str, ...]] = ()
     """Arguments besides `rundir.IDENTITY` that change the numbers, so a resume must repeat them."""
+    RESUME_COLUMNS: ClassVar[tuple[str, ...]] = ()  # the studies' rows are not case rows
 
     @classmethod
     def identity_differences(cls, recorded: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:

@@ -1,7 +1,9 @@
 """A simulated run whose truth is known, for the run-directory, summary and plot tests.
 
 P(follow text) = sigmoid(SLOPE * (dH_rel - BALANCE)), and conflict-pass trajectories with a
-chosen number of vision <-> text switches. Not a test module: the tests import it.
+chosen number of vision <-> text switches. The alternative uncertainty indices of each pass are
+noisy monotone functions of its entropy. Layer ``CONSTANT_LAYER``'s top-1 is the same token in
+every row (the constant-layer diagnostic must flag it, and no other). Not a test module.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ BALANCE = 0.3
 SLOPE = -4.0
 N_LAYERS = 8  # decoder layers; every pass has N_LAYERS + 1 lens rows (layer 0 = embedding)
 PROBS = {"text": (0.6, 0.2), "vision": (0.2, 0.6), "irrelevant": (0.1, 0.1)}
+CONSTANT_LAYER = 1
+TOP1 = {"text": 1, "vision": 2, "irrelevant": 3}
 
 
 def run_info(**changes):
@@ -46,15 +50,26 @@ def _layer_rows(case_id: str, pass_name: str, classes: list[str], rng) -> list[d
     rows = []
     for layer, c in enumerate(classes):
         pt, pv = PROBS[c]
-        rows.append({"case_id": case_id, "pass": pass_name, "layer": layer, "class": c, "top1": 100 + layer,
+        varied = int(case_id[1:]) % 7 if c == "irrelevant" else 0  # irrelevant tokens differ between cases
+        top1 = 100 if layer == CONSTANT_LAYER else TOP1[c] + 10 * layer + varied
+        rows.append({"case_id": case_id, "pass": pass_name, "layer": layer, "class": c, "top1": top1,
                      "p_text": pt, "p_vision": pv, "logit_diff": math.log(pt / pv),
                      "entropy": float(rng.uniform(0.5, 3.0))})
     return rows
 
 
+def _indices(h: float, suffix: str, rng) -> dict:
+    """The alternative indices of one pass from its entropy ``h`` (monotone, with noise)."""
+    noise = lambda: float(rng.uniform(0.9, 1.1))  # noqa: E731
+    return {f"h_cand_{suffix}": min(math.log(2), 0.4 * h * noise()),
+            f"one_minus_max_p_{suffix}": 1 - math.exp(-h * noise()),
+            f"margin_{suffix}": math.exp(-1.5 * h * noise()), f"nmlp_{suffix}": 4.0 / (0.3 + h * noise())}
+
+
 def synthetic_rows(n_conflict: int = 400, n_controls: int = 20, seed: int = 0, other_rate: float = 0.03):
     """(case rows, layer rows) of a simulated run; see the module docstring."""
     rng = np.random.default_rng(seed)
+    index_rng = np.random.default_rng(seed + 10_000)  # its own stream: the other columns stay as they were
     cases, layers = [], []
     for i in range(n_conflict + 2 * n_controls):
         control = None if i < n_conflict else ("text_irrelevant" if i < n_conflict + n_controls else "image_irrelevant")
@@ -77,7 +92,7 @@ def synthetic_rows(n_conflict: int = 400, n_controls: int = 20, seed: int = 0, o
                   else "text_wrong" if not text_correct else None)
         cid = f"c{i:04d}"
         final_class = {"other": "irrelevant"}.get(label, label)
-        cases.append({
+        cases.append({**_indices(h_v, "v", index_rng), **_indices(h_t, "t", index_rng),
             "case_id": cid, "group_id": f"g{i // 4}", "visual_tier": vt, "text_tier": tt, "control": control,
             "image_answer": "red", "text_answer": "blue",
             "y_v": "red" if vision_correct else "green", "y_t": "blue" if text_correct else "green",

@@ -81,13 +81,13 @@ def test_run_json_provenance(tmp_path):
 
 def test_extra_columns_are_kept(tmp_path, small):
     cases, layers = small
-    first = [{**c, "nmlp_v": 1.5} for c in cases[:5]]
+    first = [{**c, "variance_v": 1.5} for c in cases[:5]]
     with RunDir(tmp_path / "run") as run:
         run.create(run_info(), resume=False)
         run.append(first, [])
         run.append(cases[5:10], [])  # no extra column in this chunk: null there
     got = RunDir(tmp_path / "run").read_cases()
-    assert got.column("nmlp_v").to_pylist() == [1.5] * 5 + [None] * 5
+    assert got.column("variance_v").to_pylist() == [1.5] * 5 + [None] * 5
 
 
 # --------------------------------------------------------------------------- refusing
