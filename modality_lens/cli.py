@@ -1,4 +1,4 @@
-"""The `modality-lens` command line: run | perturb | consistency | dataset | report | check | bench.
+"""The `modality-lens` command line: run | perturb | consistency | compare | zoo | dataset | report | check | bench.
 
 Each command imports what it runs when it runs, so `modality-lens dataset` and `modality-lens
 report` never load torch or transformers. Every option is checked for type and range while
@@ -107,11 +107,19 @@ def _run(args: argparse.Namespace) -> int:
     from modality_lens.pipeline import run
     from modality_lens.report import format_summary
 
-    run_dir = run(model=args.model, dataset=args.dataset, out=args.out, batch_size=args.batch_size,
-                  device=args.device, dtype=args.dtype, limit=args.limit, seed=args.seed, resume=args.resume,
-                  image_size=args.image_size, **({"n_per_cell": args.n_per_cell} if args.n_per_cell else {}),
-                  threads=args.threads, reuse=args.reuse, n_boot=args.n_boot, region_width=args.region_width,
-                  layers=args.layers)
+    options = dict(model=args.model, dataset=args.dataset, batch_size=args.batch_size, device=args.device,
+                   dtype=args.dtype, limit=args.limit, image_size=args.image_size, threads=args.threads,
+                   **({"n_per_cell": args.n_per_cell} if args.n_per_cell else {}), reuse=args.reuse,
+                   n_boot=args.n_boot, region_width=args.region_width, layers=args.layers)
+    if args.seeds:
+        from modality_lens.seeds import print_seeds, run_seeds
+
+        if args.seed != 0:
+            raise ModalityLensError("give --seeds or --seed, not both (--seeds runs every seed it lists)")
+        out = Path(args.out) if args.out else Path("runs") / "run-seeds"
+        print_seeds(run_seeds(args.seeds, out=out, resume=args.resume, **options), out)
+        return 0
+    run_dir = run(out=args.out, seed=args.seed, resume=args.resume, **options)
     print(format_summary(run_dir.read_summary()))
     print(f"report: {run_dir.report_path.resolve()}")
     return 0
@@ -154,6 +162,12 @@ def _bench(args: argparse.Namespace) -> int:
     return bench_main(args.bench_args)
 
 
+def _parse_seeds(text: str) -> list[int]:
+    from modality_lens.seeds import parse_seeds
+
+    return parse_seeds(text)
+
+
 def _add_run(sub: Any) -> None:
     run = sub.add_parser("run", help="the main job: three passes per case, records, following curve, report",
                          description="Run the vision-only, text-only and conflict passes of every case through the "
@@ -168,6 +182,9 @@ def _add_run(sub: Any) -> None:
     run.add_argument("--no-reuse", dest="reuse", action="store_false",
                      help="compute every pass of every case as a full forward (no deduplication, no prefix cache; "
                           "the reference the reused computation must equal)")
+    run.add_argument("--seeds", type=_option(_parse_seeds), default=None,
+                     help="several dataset seeds, e.g. 0,1,2: one run per seed in OUT/seed-<K>/ (OUT default "
+                          "runs/run-seeds) and a comparison with the balance point's spread across seeds")
     _add_summary_options(run, defaults=True)
     _add_job_options(run, job="run", unit="cases", batch_default=16, seeds="the built-in dataset's generation")
     run.set_defaults(func=_run)
@@ -301,6 +318,58 @@ def _add_consistency(sub: Any) -> None:
 
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from modality_lens.compare import compare_main
+
+    return compare_main(args.run_dirs, out=args.out, allow_mixed=args.allow_mixed)
+
+
+def _add_compare(sub: Any) -> None:
+    p = sub.add_parser("compare", help="one report over several runs (models, seeds or datasets)",
+                       description="Read several run directories and write one table and report: following curves "
+                                   "overlaid with their bands, balance points with their CIs, oscillations per region, "
+                                   "TFR / VFR and kept counts (docs/figures.md).")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of `modality-lens run`")
+    p.add_argument("--out", default=None, help="folder for compare.json, figures/ and report.html "
+                                               "(default runs/compare)")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="compare runs whose datasets differ (generator or parameters; seeds may always differ)")
+    p.set_defaults(func=_compare)
+
+
+def _zoo(args: argparse.Namespace) -> int:
+    from modality_lens.zoo import zoo_main
+
+    return zoo_main(args, main)
+
+
+def _zoo_option(name: str) -> Callable[[str], Any]:
+    def check(text: str) -> Any:
+        from modality_lens import zoo
+
+        return getattr(zoo, name)(text)
+
+    check.__name__ = name
+    return _option(check)
+
+
+def _add_zoo(sub: Any) -> None:
+    p = sub.add_parser("zoo", help="the papers' models: list them, print or run the study over all of them",
+                       description="list: each model's hub id, class, dtype, batch size and estimated memory; "
+                                   "commands: the shell commands of the study (a run per model, then compare); "
+                                   "run: run those commands here (docs/zoo.md).")
+    p.add_argument("action", choices=("list", "commands", "run"))
+    p.add_argument("--out", default="runs/zoo", help="folder of the runs and the comparison (default runs/zoo)")
+    p.add_argument("--models", type=lambda t: [n.strip() for n in t.split(",") if n.strip()], default=None,
+                   help="comma-separated zoo names (default: all)")
+    p.add_argument("--stand-in", action="append", type=_zoo_option("stand_in_option"), metavar="NAME=DIR",
+                   help="replace a model's hub id by a local directory (repeatable)")
+    for name in ("--limit", "--n-per-cell", "--n-boot", "--threads"):
+        p.add_argument(name, type=_option(checks.positive_int, name), default=None,
+                       help=f"passed to every run ({name} of `modality-lens run`)")
+    p.set_defaults(func=_zoo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from modality_lens.shipped import shipped_image_size
 
@@ -312,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_perturb(sub)
     _add_consistency(sub)
+    _add_compare(sub)
+    _add_zoo(sub)
     report = sub.add_parser("report", help="redraw the figures and report.html of a run directory")
     report.add_argument("run_dir")
     _add_summary_options(report, defaults=False)

@@ -84,6 +84,7 @@ def _curve_panel(ax: Axes, name: str, entry: dict[str, Any]) -> None:
     bx = np.array([b["dh_rel_mean"] for b in bins])
     by = np.array([b["p_text"] for b in bins])
     err = np.array([[b["p_text"] - b["ci_low"] for b in bins], [b["ci_high"] - b["p_text"] for b in bins]])
+    err = np.clip(err, 0.0, None)  # a Wilson bound at p = 0 or 1 can sit 1e-17 past p (rounding)
     ax.errorbar(bx, by, yerr=err, fmt="o", color="black", ms=4, capsize=2)
     lo, hi = min(b["dh_rel_lo"] for b in bins), max(b["dh_rel_hi"] for b in bins)
     if entry["a"] is not None and entry["b"] is not None:

@@ -85,6 +85,7 @@ def plot_following_curve(run: "RunDir | str | Path | RunData", out: str | Path) 
         bx = np.array([b["dh_rel_mean"] for b in bins])
         by = np.array([b["p_text"] for b in bins])
         err = np.array([[b["p_text"] - b["ci_low"] for b in bins], [b["ci_high"] - b["p_text"] for b in bins]])
+        err = np.clip(err, 0.0, None)  # a Wilson bound at p = 0 or 1 can sit 1e-17 past p (rounding)
         ax.errorbar(bx, by, yerr=err, fmt="o", color="black", ms=5, capsize=3,
                     label="equal-count bins, 95% Wilson")
     lo, hi = float(x.min()), float(x.max())
