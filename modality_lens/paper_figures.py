@@ -147,13 +147,8 @@ def _outcome_panel(ax: Axes, by_outcome: dict[str, Any], title: str) -> None:
 
 def plot_oscillation_outcomes(run: Any, out: str | Path) -> Path:
     """Ambiguous vs clear oscillation, overall and within each final answer, with and without constant layers."""
-    data = RunData.load(run)
-    depth = data.summary.get("oscillation_depth") or {}
-    fig = new_figure(11.0, 4.2)
-    left, right = fig.subplots(1, 2)
-    if "by_outcome" not in depth:
-        for ax in (left, right):
-            figure_note(ax, f"Oscillation by outcome: {depth.get('note') or _OLD_RUN}")
+    fig, (left, right), depth = _depth_panels(run, "by_outcome", "Oscillation by outcome")
+    if depth is None:
         return save_figure(fig, out)
     flagged = depth["constant_layers"]["flagged"]
     _outcome_panel(left, depth["by_outcome"], f"counted layers {_span(depth['layers_counted'])}")
@@ -164,6 +159,19 @@ def plot_oscillation_outcomes(run: Any, out: str | Path) -> Path:
     return save_figure(fig, out)
 
 
+def _depth_panels(run: Any, key: str, what: str):
+    """(figure, its two axes, summary's `oscillation_depth`), or a note on both axes and None
+    for the summary when the run has no `key` there (a run from before it was recorded)."""
+    depth = RunData.load(run).summary.get("oscillation_depth") or {}
+    fig = new_figure(11.0, 4.2)
+    axes = fig.subplots(1, 2)
+    if key not in depth:
+        for ax in axes:
+            figure_note(ax, f"{what}: {depth.get('note') or _OLD_RUN}")
+        return fig, axes, None
+    return fig, axes, depth
+
+
 def _span(layers: list[int]) -> str:
     return "none" if not layers else ", ".join(str(p) for p in layers)
 
@@ -171,13 +179,8 @@ def _span(layers: list[int]) -> str:
 # --------------------------------------------------------------------------- oscillation by depth
 def plot_oscillation_depth(run: Any, out: str | Path) -> Path:
     """Where in depth the switches land, per region and outcome; the constant-layer diagnostic beside it."""
-    data = RunData.load(run)
-    depth = data.summary.get("oscillation_depth") or {}
-    fig = new_figure(11.0, 4.2)
-    left, right = fig.subplots(1, 2)
-    if "by_layer" not in depth:
-        for ax in (left, right):
-            figure_note(ax, f"Oscillation by depth: {depth.get('note') or _OLD_RUN}")
+    fig, (left, right), depth = _depth_panels(run, "by_layer", "Oscillation by depth")
+    if depth is None:
         return save_figure(fig, out)
     by_layer, diag = depth["by_layer"], depth["constant_layers"]
     x = np.array(by_layer["layers"])
