@@ -52,6 +52,17 @@ def non_negative_int(name: str, value: Any) -> int:
     return number
 
 
+def non_negative_float(name: str, value: Any) -> float:
+    """`value` as a finite float >= 0."""
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise ArgumentError(f"{name} must be a number, got {value!r}") from None
+    if not number >= 0 or number == float("inf"):
+        raise ArgumentError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
+
+
 def image_size_option(value: Any) -> int | str | None:
     """"auto" (the model's input size), "paper" / None (the paper's sizes), or pixels >= 32."""
     if value is None or value == "paper":

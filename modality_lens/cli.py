@@ -111,6 +111,11 @@ def _run(args: argparse.Namespace) -> int:
                    dtype=args.dtype, limit=args.limit, image_size=args.image_size, threads=args.threads,
                    **({"n_per_cell": args.n_per_cell} if args.n_per_cell else {}), reuse=args.reuse,
                    n_boot=args.n_boot, region_width=args.region_width, layers=args.layers)
+    if args.engine != "local" or args.address is not None or args.gpus_per_worker:
+        from modality_lens.engine import EngineOptions
+
+        options["engine"] = EngineOptions(name=args.engine, address=args.address, workers=args.workers,
+                                          gpus_per_worker=args.gpus_per_worker)
     if args.seeds:
         from modality_lens.seeds import print_seeds, run_seeds
 
@@ -185,6 +190,16 @@ def _add_run(sub: Any) -> None:
     run.add_argument("--seeds", type=_option(_parse_seeds), default=None,
                      help="several dataset seeds, e.g. 0,1,2: one run per seed in OUT/seed-<K>/ (OUT default "
                           "runs/run-seeds) and a comparison with the balance point's spread across seeds")
+    run.add_argument("--engine", choices=("local", "ray"), default="local",
+                     help="where the rows are computed: this process (default) or Ray workers, one model replica "
+                          "each (needs the ray extra; docs/scaling.md)")
+    run.add_argument("--address", default=None,
+                     help="--engine ray: an existing cluster's address, e.g. auto or ray://HEAD:10001 (default: start "
+                          "a local cluster for this run)")
+    run.add_argument("--workers", type=_option(checks.positive_int, "--workers"), default=2,
+                     help="--engine ray: workers, >= 1 (default 2)")
+    run.add_argument("--gpus-per-worker", type=_option(checks.non_negative_float, "--gpus-per-worker"), default=0.0,
+                     help="--engine ray: GPUs per worker, >= 0 (default 0: CPU workers)")
     _add_summary_options(run, defaults=True)
     _add_job_options(run, job="run", unit="cases", batch_default=16, seeds="the built-in dataset's generation")
     run.set_defaults(func=_run)

@@ -18,6 +18,7 @@ the vision-only / text-only pass at that position.
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -34,13 +35,14 @@ from interp.vocabulary import PASSES
 from modality_lens.atomic import atomic_write_bytes, json_text
 from modality_lens.cases import BUILTIN_N_PER_CELL, auto_image_size, case_item, case_pairs, load_cases
 from modality_lens.dedupe import PassMemo
+from modality_lens.engine import EngineOptions
 from modality_lens.finalize import finalize
 from modality_lens.rows import CaseRow, LayerRow, case_row, layer_rows
 from modality_lens.provenance import weights_hash
 from modality_lens.rundir import RunDir
 from modality_lens.shipped import default_model
 
-__all__ = ["run", "process_batch", "iter_rows", "default_model"]
+__all__ = ["run", "process_batch", "iter_rows", "default_model", "ShardSetup", "shard_rows"]
 
 
 def _answer(traj: Trajectory, pair: CandidatePair, tokenizer: Any) -> tuple[str, str]:
@@ -133,6 +135,7 @@ def run(
     figures: bool = True,
     reuse: bool = True,
     threads: int | None = None,
+    engine: EngineOptions | None = None,
 ) -> RunDir:
     """The main job: cases -> three passes -> run directory with records, summary, figures, report.
 
@@ -142,7 +145,9 @@ def run(
     computes every pass of every case as a full forward (`process_batch`); `threads` sets torch's
     CPU threads (None: torch's default); run.json records both, and reuse.json what reuse saved.
     `n_boot`, `region_width` and `layers` (the lens positions whose switches count, "2-4,6" or a
-    list; None: every decoder layer) shape the summary only, not the records.
+    list; None: every decoder layer) shape the summary only, not the records. `engine` (default:
+    this process) can compute the rows on Ray workers (`modality_lens.engine`, docs/scaling.md):
+    the same rows, committed in the same order.
     """
     from modality_lens.arguments import BUILTIN_DATASETS, check_layers, check_run_arguments  # before loading
     from modality_lens.arguments import positive_int as check_positive
@@ -155,6 +160,11 @@ def run(
     batch_size, limit, seed, n_per_cell, image_size, n_boot = (
         checked[k] for k in ("batch_size", "limit", "seed", "n_per_cell", "image_size", "n_boot"))
     threads = None if threads is None else check_positive("threads", threads)
+    engine = engine or EngineOptions()
+    if engine.name == "ray":
+        from modality_lens.engine import import_ray
+
+        import_ray()  # a missing extra stops the run before the model is loaded
     # a dataset folder is read and every case validated before the model is loaded
     folder = None if checked["dataset"] in (None, *BUILTIN_DATASETS) else load_cases(
         checked["dataset"], seed=seed, n_per_cell=n_per_cell, image_size=None, limit=limit)
@@ -184,12 +194,16 @@ def run(
         "arguments": {"dtype": str(vlm.dtype).removeprefix("torch."), "limit": limit, "batch_size": batch_size,
                       "n_per_cell": n_per_cell, "image_size": size, "n_boot": n_boot,
                       "region_width": region_width, "layers": layers,
-                      "reuse": reuse, "threads": torch.get_num_threads()},
+                      "reuse": reuse, "threads": torch.get_num_threads(),
+                      **({"engine": engine.describe()} if engine.name != "local" else {})},
         "device": str(vlm.device),
     }, resume=resume)
+    setup = ShardSetup(source=str(Path(source).resolve()) if local else source, device=device, dtype=dtype,
+                       threads=threads, batch_size=batch_size, reuse=reuse)
     try:
         _fill_run(run_dir, vlm, cases, batch_size=batch_size, progress=progress, reuse=reuse, memo=memo,
-                  summary={"n_boot": n_boot, "region_width": region_width, "layers": layers}, figures=figures)
+                  summary={"n_boot": n_boot, "region_width": region_width, "layers": layers}, figures=figures,
+                  engine=(engine, setup))
     except BaseException:
         discard_if_empty(run_dir, new_folder)
         raise
@@ -199,14 +213,18 @@ def run(
 
 
 def _fill_run(run_dir: RunDir, vlm: VLM, cases: Sequence[Any], *, batch_size: int, progress: bool, reuse: bool,
-              memo: PassMemo | None, summary: dict[str, Any], figures: bool) -> None:
+              memo: PassMemo | None, summary: dict[str, Any], figures: bool,
+              engine: tuple[EngineOptions, "ShardSetup"] | None = None) -> None:
     """The rows of every case not yet committed, then reuse.json, the summary, figures and report."""
     done = run_dir.done_case_ids()
     todo = [c for c in cases if c.id not in done]
-    for case_rows, rows_of_layers in iter_rows(vlm, todo, batch_size=batch_size, progress=progress,
-                                               total=len(todo), reuse=reuse, memo=memo):
-        run_dir.append(case_rows, rows_of_layers)
-    stats = memo.stats() if memo is not None else {"reuse": False}
+    if engine is not None and engine[0].name == "ray":
+        stats = _fill_on_ray(run_dir, cases, todo, engine[0], engine[1], progress=progress)
+    else:
+        for case_rows, rows_of_layers in iter_rows(vlm, todo, batch_size=batch_size, progress=progress,
+                                                   total=len(todo), reuse=reuse, memo=memo):
+            run_dir.append(case_rows, rows_of_layers)
+        stats = memo.stats() if memo is not None else {"reuse": False}
     atomic_write_bytes(run_dir.path / "reuse.json", json_text({"cases": len(todo), **stats}).encode())
     finalize(run_dir, **summary, decode=lambda i: vlm.tokenizer.decode([int(i)]).strip())
     if figures:
@@ -216,6 +234,74 @@ def _fill_run(run_dir: RunDir, vlm: VLM, cases: Sequence[Any], *, batch_size: in
 
         draw_all(run_dir)
         write_report(run_dir)
+
+
+@dataclass(frozen=True)
+class ShardSetup:
+    """What a Ray worker needs to compute rows as this process would: built once per worker,
+    `ShardSetup(...)(cases)` loads the model and plans the whole case list (so a case's rows do
+    not depend on the shards around it); `shard_rows(state, indices)` then gives a shard's rows."""
+
+    source: str
+    device: str | None
+    dtype: str | None
+    threads: int | None
+    batch_size: int
+    reuse: bool
+
+    def __call__(self, cases: Sequence[Any]) -> "_ShardState":
+        torch.set_num_threads(int(self.threads or 1))
+        vlm = load_vlm(self.source, device=self.device, dtype=self.dtype)
+        memo = PassMemo(vlm) if self.reuse else None
+        if memo is not None:
+            memo.plan(cases, self.batch_size)
+        return _ShardState(vlm, memo, list(cases), self.batch_size)
+
+
+@dataclass
+class _ShardState:
+    vlm: VLM
+    memo: PassMemo | None
+    cases: list[Any]
+    batch_size: int
+
+    def stats(self) -> dict[str, Any]:
+        return self.memo.stats() if self.memo is not None else {"reuse": False}
+
+
+def shard_rows(state: _ShardState, indices: Sequence[int]) -> tuple[list[CaseRow], list[LayerRow]]:
+    """The rows of the cases at `indices` (one shard), batch by batch as `iter_rows` computes them."""
+    case_rows: list[CaseRow] = []
+    rows_of_layers: list[LayerRow] = []
+    for c, lay in iter_rows(state.vlm, [state.cases[i] for i in indices], batch_size=state.batch_size,
+                            progress=False, reuse=state.memo is not None, memo=state.memo):
+        case_rows += c
+        rows_of_layers += lay
+    return case_rows, rows_of_layers
+
+
+def _fill_on_ray(run_dir: RunDir, cases: Sequence[Any], todo: Sequence[Any], options: EngineOptions,
+                 setup: ShardSetup, *, progress: bool) -> dict[str, Any]:
+    """The rows of `todo` on Ray workers, one shard (a batch) per committed chunk, in case order;
+    the pool's counts (shards, restarts, retried shards) are added to run.json `engine_runs`.
+    Returns reuse.json's statistics (per worker)."""
+    from modality_lens.engine import RayPool
+
+    index = {c.id: i for i, c in enumerate(cases)}
+    positions = [index[c.id] for c in todo]
+    shards = [positions[s:s + setup.batch_size] for s in range(0, len(positions), setup.batch_size)]
+    bar = tqdm(total=len(todo), desc="cases", unit="case", disable=not progress, mininterval=1)
+    with RayPool(options, setup, list(cases)) as pool:
+        try:
+            for case_rows, rows_of_layers in pool.map(shard_rows, shards):
+                run_dir.append(case_rows, rows_of_layers)
+                bar.update(len(case_rows))
+        finally:
+            bar.close()
+            info = run_dir.read_run_info()
+            info.setdefault("engine_runs", []).append({**options.describe(), **pool.stats.to_dict()})
+            atomic_write_bytes(run_dir.run_json, json_text(info).encode())
+        return {"engine": "ray", "workers": pool.call("stats")}
 
 
 def discard_if_empty(run_dir: RunDir, new_folder: bool) -> None:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install modality-lens (editable, with the dev extra) into it.
+# Create .venv and install modality-lens (editable, with the dev extra) into it. The dev extra
+# includes ray (the tests of `run --engine ray` run in CI); a plain install leaves it out.
 #
 # torch comes first and is chosen by machine: with a working NVIDIA GPU, the normal PyPI
 # build (CUDA); without one, a CPU build: torch==2.13.0 where a local CPU wheel of it is on
@@ -34,7 +35,7 @@ stamp=.venv/.modality-lens-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   say "installing modality-lens and its dependencies (transformers, nnsight, ...; a few minutes the first time)"
   pip_q -e ".[dev]"
-  "$VPY" -c "import hooks, interp, nnsight, transformers" || { say "install failed"; exit 1; }
+  "$VPY" -c "import hooks, interp, nnsight, transformers, ray" || { say "install failed"; exit 1; }
   touch "$stamp"
   say "done"
 fi
