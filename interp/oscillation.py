@@ -28,6 +28,7 @@ from interp.vocabulary import LAYER_CLASSES
 __all__ = [
     "AMBIGUOUS_WIDTH",
     "compare_regions",
+    "region_entry",
     "constant_layers",
     "count_switches",
     "region_labels",
@@ -251,11 +252,12 @@ def compare_regions(counts: Sequence[int], regions: Sequence[str | None], *, n_b
     """:func:`summarise_oscillations` as JSON: ``{"ambiguous": {"mean", "ci", "n"}, "clear": {...},
     "difference", "difference_ci", "n_unassigned", "note"}``."""
     osc = summarise_oscillations(counts, regions, n_boot=n_boot, seed=seed, ci_level=ci_level)
-
-    def entry(name: str) -> dict[str, Any]:
-        r = osc.region(name)
-        return {"mean": r.mean, "ci": [r.ci_low, r.ci_high] if r.ci_low is not None else None, "n": r.n}
-
-    return {"ambiguous": entry("ambiguous"), "clear": entry("clear"), "difference": osc.difference,
-            "difference_ci": list(osc.difference_ci) if osc.difference_ci else None,
+    return {"ambiguous": region_entry(osc, "ambiguous"), "clear": region_entry(osc, "clear"),
+            "difference": osc.difference, "difference_ci": list(osc.difference_ci) if osc.difference_ci else None,
             "n_unassigned": osc.n_unassigned, "note": osc.note}
+
+
+def region_entry(summary: Any, name: str) -> dict[str, Any]:
+    """One region of a :func:`summarise_oscillations` result as JSON: ``{"mean", "ci", "n"}``."""
+    r = summary.region(name)
+    return {"mean": r.mean, "ci": [r.ci_low, r.ci_high] if r.ci_low is not None else None, "n": r.n}

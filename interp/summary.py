@@ -52,7 +52,7 @@ from interp.curves import fit_following, robustness_split, wilson_interval
 from interp.depth import conflict_switches, layer_columns, oscillation_depth
 from interp.following import DROP_REASONS, tfr_vfr
 from interp.indices import index_curves
-from interp.oscillation import AMBIGUOUS_WIDTH, compare_regions, region_labels, summarise_oscillations
+from interp.oscillation import AMBIGUOUS_WIDTH, compare_regions, region_entry, region_labels, summarise_oscillations
 from interp.results import _jsonable
 from interp.vocabulary import CONTROLS, LABELS
 
@@ -138,12 +138,6 @@ def with_regions(cases: pa.Table, summary: Mapping[str, Any], layers: Any = None
         counts = [len(landing[r["case_id"]]) if r["case_id"] in landing else None for r in rows]
         cases = _put(cases, name, pa.array(counts, type=pa.int64()))
     return cases
-
-
-def _region_entry(summary: Any, name: str) -> dict[str, Any]:
-    r = summary.region(name)
-    ci = [r.ci_low, r.ci_high] if r.ci_low is not None else None
-    return {"mean": r.mean, "ci": ci, "n": r.n}
 
 
 def _tier_table(rows: list[dict[str, Any]], tier: str, correct: str, entropy: str) -> tuple[list[dict[str, Any]], int]:
@@ -312,25 +306,15 @@ def _oscillation(kept: list[dict[str, Any]], curve: Any, region_width: float, *,
     regions = case_regions(kept, curve.balance_point, region_width)
     with_count = [(r, reg) for r, reg in zip(kept, regions) if r["oscillations"] is not None]
     n_missing = len(kept) - len(with_count)
-    osc = summarise_oscillations(
-        [int(r["oscillations"]) for r, _ in with_count], [reg for _, reg in with_count],
-        n_boot=n_boot, seed=seed, ci_level=CI_LEVEL,
-    )
-    osc_notes = [osc.note] if osc.note else []
+    out = compare_regions([int(r["oscillations"]) for r, _ in with_count], [reg for _, reg in with_count],
+                          n_boot=n_boot, seed=seed, ci_level=CI_LEVEL)
+    osc_notes = [out["note"]] if out["note"] else []
     if curve.balance_point is None:
         osc_notes.insert(0, f"no balance point (curve status {curve.status!r}): the ambiguous and clear "
                             "regions are undefined, so no oscillation mean is reported")
     if n_missing:
         osc_notes.append(f"{n_missing} kept case(s) without a switch count left out")
-    return {
-        "ambiguous": _region_entry(osc, "ambiguous"),
-        "clear": _region_entry(osc, "clear"),
-        "difference": osc.difference,
-        "difference_ci": list(osc.difference_ci) if osc.difference_ci else None,
-        "n_unassigned": osc.n_unassigned,
-        "n_missing": n_missing,
-        "note": "; ".join(osc_notes) or None,
-    }
+    return {**{k: v for k, v in out.items() if k != "note"}, "n_missing": n_missing, "note": "; ".join(osc_notes) or None}
 
 
 def _controls(rows: list[dict[str, Any]], control_names: list[str], *, n_boot: int, seed: int) -> dict[str, Any]:
@@ -341,7 +325,7 @@ def _controls(rows: list[dict[str, Any]], control_names: list[str], *, n_boot: i
         counted = [int(r["oscillations"]) for r in group if r["oscillations"] is not None]
         if counted:
             s = summarise_oscillations(counted, [name] * len(counted), n_boot=n_boot, seed=seed, ci_level=CI_LEVEL)
-            entry = _region_entry(s, name)
+            entry = region_entry(s, name)
         else:
             entry = {"mean": None, "ci": None, "n": 0}
         labels = Counter(r["label"] for r in group)
