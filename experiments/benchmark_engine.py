@@ -19,7 +19,7 @@ import ray
 
 from modality_lens.cases import auto_image_size, load_cases
 from modality_lens.engine import EngineOptions, RayPool
-from modality_lens.pipeline import ShardSetup, default_model, shard_rows
+from modality_lens.pipeline import ModelSpec, ShardSetup, batches, default_model, shard_rows
 
 
 def _throughput(workers: int, setup: ShardSetup, cases: list, shards: list) -> float:
@@ -40,8 +40,8 @@ def main() -> None:
     source = default_model()
     size = auto_image_size(load_vlm(source).processor)
     cases, _ = load_cases(None, seed=0, n_per_cell=16, image_size=size, limit=args.limit)
-    setup = ShardSetup(source=source, device="cpu", dtype=None, threads=1, batch_size=args.batch_size, reuse=True)
-    shards = [list(range(s, min(s + args.batch_size, len(cases)))) for s in range(0, len(cases), args.batch_size)]
+    setup = ShardSetup(ModelSpec(source, device="cpu", threads=1), batch_size=args.batch_size, reuse=True)
+    shards = batches(range(len(cases)), args.batch_size)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         rates: dict[int, list[float]] = {1: [], 2: []}

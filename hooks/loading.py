@@ -9,9 +9,11 @@ wrong adapter (a missing soft-cap, a wrong norm) fails loudly instead of giving 
 
 from __future__ import annotations
 
+import importlib
 import json
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -20,14 +22,15 @@ from nnsight import NNsight
 
 from hooks.adapters import Adapter, adapter_for, get_module
 from hooks.hub import hub_class
+from hooks.memory import check_memory, checkpoint_count, config_count, weight_dtype
 from hooks.processors import load_processor
 from hooks.prompts import PassBatch, PromptItem, build_passes
 from hooks.taps import lens
-from interp.errors import ArgumentError, ModelSourceError, SelfCheckError, UnsupportedModelError
+from interp.errors import ArgumentError, ModelSourceError, SelfCheckError
 from interp.vocabulary import PASSES
 
 __all__ = ["VLM", "SelfCheckReport", "ModelSourceError", "LoadNote", "load_vlm", "parse_device", "parse_dtype",
-           "sample_items"]
+           "parse_device_map", "sample_items"]
 
 
 class LoadNote(UserWarning):
@@ -77,6 +80,7 @@ class VLM:
     source: str = "<in-memory>"
     self_check_report: SelfCheckReport | None = None
     notes: tuple[str, ...] = ()
+    device_map: str | None = None
     nn: NNsight = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -102,6 +106,16 @@ class VLM:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def placement(self) -> str:
+        """Where the model is, as run.json records it: its device, or for a model placed by a device
+        map, e.g. "auto: cuda:0, cuda:1" (the devices accelerate put its modules on)."""
+        if self.device_map is None:
+            return str(self.device)
+        used = {f"cuda:{d}" if isinstance(d, int) else str(d) for d in (getattr(self.model, "hf_device_map", None)
+                                                                        or {"": self.device}).values()}
+        return f"{self.device_map}: {', '.join(sorted(used))}"
 
     @property
     def dtype(self) -> torch.dtype:
@@ -222,6 +236,24 @@ def parse_device(device: str | torch.device | None) -> torch.device | None:
     return chosen
 
 
+def parse_device_map(device_map: str | None, device: str | torch.device | None) -> str | None:
+    """None, or "auto" (accelerate spreads the model over the visible GPUs, then the CPU) when
+    accelerate is installed and no device is given as well."""
+    if device_map is None:
+        return None
+    if device_map != "auto":
+        raise ArgumentError(f"device map {device_map!r} is not supported; use auto, or leave --device-map out")
+    if device is not None:
+        raise ArgumentError(f"give --device ({device}) or --device-map auto, not both: auto chooses the devices")
+    try:
+        importlib.import_module("accelerate")  # transformers needs it for a device map
+    except ImportError:
+        raise ModelSourceError("--device-map auto needs accelerate, which is not installed here; pip install "
+                               "'accelerate>=1.0' (a dependency of modality-lens: bash scripts/setup.sh installs "
+                               "it), or leave --device-map out") from None
+    return device_map
+
+
 def _place(model: Any, device: str | torch.device | None, dtype: torch.dtype | str | None) -> Any:
     chosen = parse_device(device)
     if chosen is None:
@@ -299,11 +331,9 @@ def _processor(location: str, model_type: str | None, trust_remote_code: bool, h
     return processor, notes
 
 
-def _load_pretrained(location: str, class_name: str, adapter: Adapter | None, dtype: Any,
-                     trust_remote_code: bool, hub: dict) -> tuple[Any, Any, Adapter, tuple[str, ...]]:
+def _model_class(class_name: str, trust_remote_code: bool) -> Any:
     import transformers
 
-    chosen = adapter_for(class_name, adapter)
     model_cls = getattr(transformers, class_name, None)
     if model_cls is None:
         if not trust_remote_code:
@@ -311,9 +341,19 @@ def _load_pretrained(location: str, class_name: str, adapter: Adapter | None, dt
                 f"{class_name} is not a transformers class; if the checkpoint ships its own code, pass "
                 "trust_remote_code=True (--trust-remote-code) after reading that code")
         model_cls = transformers.AutoModelForImageTextToText
+    return model_cls
+
+
+def _load_pretrained(location: str, class_name: str, adapter: Adapter | None, dtype: Any,
+                     trust_remote_code: bool, hub: dict,
+                     device_map: str | None = None) -> tuple[Any, Any, Adapter, tuple[str, ...]]:
+    chosen = adapter_for(class_name, adapter)
+    model_cls = _model_class(class_name, trust_remote_code)
     kwargs: dict[str, Any] = dict(use_safetensors=True, trust_remote_code=trust_remote_code, **hub)
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     model = _load_weights(model_cls, location, kwargs)
     processor, notes = _processor(location, getattr(model.config, "model_type", None), trust_remote_code, hub)
     return model, processor, chosen, notes
@@ -364,6 +404,25 @@ def _tiny(text: str, device: Any, dtype: Any, adapter: Adapter | None, self_chec
     return _finish(VLM(_place(pair[0], device, dtype), pair[1], chosen, text), self_check)
 
 
+def _hub_count(text: str, class_name: str, trust_remote_code: bool, hub: dict) -> tuple[int, torch.dtype | None]:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(text, trust_remote_code=trust_remote_code, **hub)
+    return config_count(config, _model_class(class_name, trust_remote_code))
+
+
+def _check_fits(location: str, count: Any, dtype: Any, device: Any, device_map: str | None) -> None:
+    """`hooks.memory.check_memory` of the model `count()` counts; a model that cannot be counted
+    (a class only its own code builds) is loaded unchecked, with a note."""
+    try:
+        n, checkpoint_dtype = count()
+    except Exception as err:  # the config or the class can fail in many ways; the load itself will say
+        warnings.warn(f"{location}: memory check skipped: its parameters could not be counted ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0] if str(err) else ''})", LoadNote, stacklevel=3)
+        return
+    check_memory(location, n, weight_dtype(dtype, checkpoint_dtype), parse_device(device), device_map)
+
+
 def load_vlm(
     source: str | Path | tuple[Any, Any],
     *,
@@ -372,6 +431,8 @@ def load_vlm(
     adapter: Adapter | None = None,
     trust_remote_code: bool = False,
     self_check: bool = True,
+    device_map: str | None = None,
+    memory_check: bool = True,
 ) -> VLM:
     """Load a VLM from a local directory, a hub id, an in-memory `(model, processor)` pair, or
     `"tiny:FAMILY"` (a random-weight tiny model from `hooks.tiny`, for trying things out).
@@ -384,24 +445,38 @@ def load_vlm(
     `UnsupportedModelError` before any weights are read; a failed self-check raises
     `SelfCheckError`; a source that cannot be loaded (a damaged file, a device this machine
     lacks, a hub id with no network) raises `ModelSourceError`.
+
+    A directory or hub id is first checked to fit (`hooks.memory`: its parameters x the dtype's
+    bytes plus a margin against the free memory of where it goes; `memory_check=False` skips it).
+    `device_map="auto"` (not with `device`) lets accelerate spread it over the visible GPUs.
     """
     dtype = parse_dtype(dtype)
     parse_device(device)
+    device_map = parse_device_map(device_map, device)
+    text = str(source) if not isinstance(source, (tuple, list)) else ""
+    if device_map is not None and (not text or text.startswith("tiny:")):
+        raise ArgumentError("--device-map auto applies to a model directory or hub id (it places the weights as "
+                            "they are read), not to a model already in memory or tiny:FAMILY; save it first")
     if isinstance(source, (tuple, list)):
         return _in_memory(source, device, dtype, adapter, self_check)
-    text = str(source)
     if text.startswith("tiny:"):
         return _tiny(text, device, dtype, adapter, self_check)
     path = Path(text).expanduser()
     hub: dict[str, Any] = {}
     if path.exists():
         class_name, location = _directory_class(path, adapter), str(path)
+        count = partial(checkpoint_count, path)
     else:
         class_name, hub = hub_class(text, trust_remote_code)
         adapter_for(class_name, adapter)
         location = text
-    model, processor, chosen, notes = _load_pretrained(location, class_name, adapter, dtype, trust_remote_code, hub)
+        count = partial(_hub_count, text, class_name, trust_remote_code, hub)
+    if memory_check:
+        _check_fits(location, count, dtype, device, device_map)
+    model, processor, chosen, notes = _load_pretrained(location, class_name, adapter, dtype, trust_remote_code, hub,
+                                                       device_map)
     for note in notes:
         warnings.warn(f"{location}: {note}", LoadNote, stacklevel=2)
-    vlm = VLM(_place(model, device, dtype), processor, chosen, location, notes=notes)
+    placed = model.eval() if device_map is not None else _place(model, device, dtype)
+    vlm = VLM(placed, processor, chosen, location, notes=notes, device_map=device_map)
     return _finish(vlm, self_check)

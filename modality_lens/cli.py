@@ -56,6 +56,12 @@ def _add_model_options(parser: argparse.ArgumentParser, remote_code: bool) -> No
                         help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--dtype", type=_loading_check("parse_dtype"), default=None,
                         help="float32, bfloat16, float16 or auto (default: float32)")
+    parser.add_argument("--device-map", choices=("auto",), default=None,
+                        help="auto: spread the model over the visible GPUs (then the CPU) as it loads, for a model "
+                             "larger than one GPU (needs accelerate; not with --device)")
+    parser.add_argument("--skip-memory-check", dest="memory_check", action="store_false",
+                        help="load without first checking that the estimated weights (parameters x dtype bytes, "
+                             "+20%%) fit in the free memory of the target")
     if remote_code:
         parser.add_argument("--trust-remote-code", action="store_true",
                             help="allow a checkpoint's own Python code (read it first)")
@@ -76,7 +82,29 @@ def _add_job_options(parser: argparse.ArgumentParser, *, job: str, unit: str, ba
     parser.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     parser.add_argument("--threads", type=_option(checks.positive_int, "--threads"), default=None,
                         help="CPU threads for torch, >= 1 (default: torch's own choice; 1 is faster on a busy machine)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help=f"where the {unit.split(' (')[0]} are computed: this process (default) or Ray workers, "
+                             "one model replica each (needs the ray extra; docs/scaling.md)")
+    parser.add_argument("--address", default=None,
+                        help="--engine ray: an existing cluster's address, e.g. auto or ray://HEAD:10001 (default: "
+                             "start a local cluster for this run)")
+    parser.add_argument("--workers", type=_option(checks.positive_int, "--workers"), default=2,
+                        help="--engine ray: workers, >= 1 (default 2)")
+    parser.add_argument("--gpus-per-worker", type=_option(checks.non_negative_float, "--gpus-per-worker"),
+                        default=0.0, help="--engine ray: GPUs per worker, >= 0 (default 0: CPU workers)")
     _add_model_options(parser, remote_code=False)
+
+
+def _job_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments every job function takes from `_add_job_options`' options (and the model's)."""
+    engine = None
+    if args.engine != "local" or args.address is not None or args.gpus_per_worker:
+        from modality_lens.engine import EngineOptions
+
+        engine = EngineOptions(name=args.engine, address=args.address, workers=args.workers,
+                               gpus_per_worker=args.gpus_per_worker)
+    return dict(device=args.device, dtype=args.dtype, threads=args.threads, device_map=args.device_map,
+                memory_check=args.memory_check, **({"engine": engine} if engine is not None else {}))
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -85,7 +113,7 @@ def _check(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LoadNote)  # printed below, once
         vlm = load_vlm(args.source, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                       self_check=False)
+                       self_check=False, device_map=args.device_map, memory_check=args.memory_check)
     a = vlm.adapter
     print(f"model     {a.model_class} from {vlm.source}")
     for note in vlm.notes:
@@ -107,15 +135,10 @@ def _run(args: argparse.Namespace) -> int:
     from modality_lens.pipeline import run
     from modality_lens.report import format_summary
 
-    options = dict(model=args.model, dataset=args.dataset, batch_size=args.batch_size, device=args.device,
-                   dtype=args.dtype, limit=args.limit, image_size=args.image_size, threads=args.threads,
-                   **({"n_per_cell": args.n_per_cell} if args.n_per_cell else {}), reuse=args.reuse,
-                   n_boot=args.n_boot, region_width=args.region_width, layers=args.layers)
-    if args.engine != "local" or args.address is not None or args.gpus_per_worker:
-        from modality_lens.engine import EngineOptions
-
-        options["engine"] = EngineOptions(name=args.engine, address=args.address, workers=args.workers,
-                                          gpus_per_worker=args.gpus_per_worker)
+    options = dict(model=args.model, dataset=args.dataset, batch_size=args.batch_size, limit=args.limit,
+                   image_size=args.image_size, **({"n_per_cell": args.n_per_cell} if args.n_per_cell else {}),
+                   reuse=args.reuse, n_boot=args.n_boot, region_width=args.region_width, layers=args.layers,
+                   **_job_options(args))
     if args.seeds:
         from modality_lens.seeds import print_seeds, run_seeds
 
@@ -190,16 +213,6 @@ def _add_run(sub: Any) -> None:
     run.add_argument("--seeds", type=_option(_parse_seeds), default=None,
                      help="several dataset seeds, e.g. 0,1,2: one run per seed in OUT/seed-<K>/ (OUT default "
                           "runs/run-seeds) and a comparison with the balance point's spread across seeds")
-    run.add_argument("--engine", choices=("local", "ray"), default="local",
-                     help="where the rows are computed: this process (default) or Ray workers, one model replica "
-                          "each (needs the ray extra; docs/scaling.md)")
-    run.add_argument("--address", default=None,
-                     help="--engine ray: an existing cluster's address, e.g. auto or ray://HEAD:10001 (default: start "
-                          "a local cluster for this run)")
-    run.add_argument("--workers", type=_option(checks.positive_int, "--workers"), default=2,
-                     help="--engine ray: workers, >= 1 (default 2)")
-    run.add_argument("--gpus-per-worker", type=_option(checks.non_negative_float, "--gpus-per-worker"), default=0.0,
-                     help="--engine ray: GPUs per worker, >= 0 (default 0: CPU workers)")
     _add_summary_options(run, defaults=True)
     _add_job_options(run, job="run", unit="cases", batch_default=16, seeds="the built-in dataset's generation")
     run.set_defaults(func=_run)
@@ -212,9 +225,8 @@ def _perturb(args: argparse.Namespace) -> int:
     run_dir = run_perturb(model=args.model, dataset=args.dataset, out=args.out, perturbations=args.perturbations,
                           levels=args.levels, n_levels=args.n_levels, conflict=args.conflict,
                           n_samples=args.n_samples, vcd_alpha=args.vcd_alpha, vcd_beta=args.vcd_beta,
-                          batch_size=args.batch_size, device=args.device, dtype=args.dtype, limit=args.limit,
-                          seed=args.seed, resume=args.resume, n_per_cell=args.n_per_cell,
-                          image_size=args.image_size, threads=args.threads)
+                          batch_size=args.batch_size, limit=args.limit, seed=args.seed, resume=args.resume,
+                          n_per_cell=args.n_per_cell, image_size=args.image_size, **_job_options(args))
     for pass_name, perts in run_dir.read_summary()["passes"].items():
         for name, entry in perts.items():
             print(f"{pass_name} / {name}: level, accuracy [95% CI], max p, NMLP")
@@ -282,8 +294,8 @@ def _consistency(args: argparse.Namespace) -> int:
     run_dir = run_consistency(model=args.model, items=args.items, n_items=args.n_items, variants=args.variants,
                               max_new_tokens=args.max_new_tokens, ocr=args.ocr,
                               ocr_max_new_tokens=args.ocr_max_new_tokens, batch_size=args.batch_size,
-                              device=args.device, dtype=args.dtype, limit=args.limit, seed=args.seed,
-                              resume=args.resume, out=args.out, threads=args.threads)
+                              limit=args.limit, seed=args.seed, resume=args.resume, out=args.out,
+                              **_job_options(args))
     print("variant, subset, n, RER, CFR, MMC, accuracy text / image / mixed [95% CI], invalid")
     for row in metric_rows(run_dir.read_summary()):
         print("  " + "  ".join(row))
@@ -297,7 +309,7 @@ def _typographic(args: argparse.Namespace) -> int:
 
     run_dir = run_typographic(model=args.model, n_per_cell=args.n_per_cell, limit=args.limit,
                               batch_size=args.batch_size, seed=args.seed, out=args.out, resume=args.resume,
-                              device=args.device, dtype=args.dtype, threads=args.threads)
+                              **_job_options(args))
     print(format_summary(run_dir.read_summary()))
     print(f"report: {run_dir.report_path.resolve()}")
     return 0

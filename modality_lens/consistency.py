@@ -35,14 +35,14 @@ import pyarrow as pa
 import torch
 
 from hooks.generate import generate
-from hooks.loading import VLM, load_vlm
+from hooks.loading import VLM
 from hooks.prompts import PromptItem
 from hooks.similarity import cosine_by_layer, group_means, span_means
 from interp.consistency import character_error_rate
 from interp.datasets.formats import ConsistencyItem, FormattedItem, Variant, item_formats
 from modality_lens.consistency_args import ConsistencyArguments, check_consistency_arguments
+from modality_lens.engine import EngineOptions
 from modality_lens.unitdir import UnitRunDir
-from modality_lens.shipped import default_model
 
 __all__ = ["run_consistency", "ConsistencyRunDir", "ROW_SCHEMA", "ROW_LAYER_SCHEMA", "consistency_rows",
            "OCR_PROMPT", "TEXT_PROMPT", "report_consistency_main"]
@@ -192,31 +192,34 @@ def run_consistency(*, model: str | None = None, items: str = "colour", n_items:
                     max_new_tokens: int = 12, ocr: bool = True, ocr_max_new_tokens: int = 48, batch_size: int = 8,
                     device: str | None = None, dtype: str | None = None, limit: int | None = None, seed: int = 0,
                     resume: bool = False, out: str | None = None, n_boot: int = 1000, progress: bool = True,
-                    figures: bool = True, threads: int | None = None) -> ConsistencyRunDir:
+                    figures: bool = True, threads: int | None = None, engine: EngineOptions | None = None,
+                    device_map: str | None = None, memory_check: bool = True) -> ConsistencyRunDir:
     """The consistency study: items x variants x formats -> run directory, summary, report.
 
     Every argument is checked and the items built (a bad JSONL line stops here) before a model is
     loaded or anything written. A killed run continues with ``resume=True`` (same model, items,
-    seed, dtype, limit, batch size, variants, token budgets and OCR setting).
+    seed, dtype, limit, batch size, variants, token budgets and OCR setting). ``engine``,
+    ``device_map`` and ``memory_check`` are the main job's (`modality_lens.pipeline.run`): on Ray
+    workers each shard is one chunk of ``batch_size`` units (its generation batches), as here.
     """
     args = check_consistency_arguments(items=items, n_items=n_items, variants=variants,
                                        max_new_tokens=max_new_tokens, ocr=ocr, ocr_max_new_tokens=ocr_max_new_tokens,
                                        threads=threads, batch_size=batch_size, limit=limit, seed=seed, n_boot=n_boot,
                                        out=out or Path("runs") / f"consistency-seed{seed}", resume=resume)
+    from modality_lens.consistency_summary import finalize_consistency
+    from modality_lens.pipeline import ModelSpec, UnitSetup, fill_chunks
+
+    engine = EngineOptions.ready(engine)
     item_list = args.items()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    source = model or default_model()
-    vlm = load_vlm(source, device=device, dtype=dtype)
+    spec = ModelSpec.of(model, device=device, dtype=dtype, threads=args.threads, device_map=device_map,
+                        memory_check=memory_check)
+    vlm = spec.load()
     units = [(it, var) for var in args.variant_list for it in item_list]
     run_dir = ConsistencyRunDir(args.out)
     new_folder = not run_dir.path.exists()
-    run_dir.create(args.run_info(vlm, source, item_list), resume=resume)
-    from modality_lens.consistency_summary import finalize_consistency
-    from modality_lens.pipeline import fill_chunks
-
-    fill_chunks(run_dir, new_folder, units, lambda u: f"{u[0].item_id}/{u[1].name}",
-                lambda chunk: consistency_rows(vlm, chunk, args), batch_size=args.batch_size, progress=progress,
+    run_dir.create(args.run_info(vlm, spec, item_list, engine), resume=resume)
+    fill_chunks(run_dir, new_folder, units, lambda u: f"{u[0].item_id}/{u[1].name}", vlm,
+                UnitSetup(spec, consistency_rows, args), batch_size=args.batch_size, progress=progress, engine=engine,
                 finish=lambda: finalize_consistency(run_dir, n_boot=args.n_boot, seed=args.seed, figures=figures),
                 unit="item")
     return run_dir

@@ -91,21 +91,15 @@ class ConsistencyArguments:
         return {"source": self.items_source, "parameters": {"n_items": self.n_items, "seed": self.seed},
                 "hash": digest, "n_items": len(items)}
 
-    def run_info(self, vlm: Any, source: str, items: list[ConsistencyItem]) -> dict[str, Any]:
+    def run_info(self, vlm: Any, spec: Any, items: list[ConsistencyItem], engine: Any) -> dict[str, Any]:
+        """run.json's fields (`spec`: the `pipeline.ModelSpec`); the engine's settings when it is not the local one."""
         import torch
 
-        from modality_lens.provenance import weights_hash
-
-        local = Path(source).is_dir()
         arguments = {k: v for k, v in asdict(self).items() if k not in ("out", "seed")}
-        arguments.update({"dtype": str(vlm.dtype).removeprefix("torch."), "threads": torch.get_num_threads()})
-        return {"job": "consistency",
-                "model": {"source": str(Path(source).resolve()) if local else source,
-                          "weights_hash": weights_hash(source) if local else None,
-                          "class": vlm.adapter.model_class, "n_layers": vlm.n_layers,
-                          "self_check": str(vlm.self_check_report)},
-                "dataset": self.data_info(items), "seed": self.seed, "arguments": arguments,
-                "device": str(vlm.device)}
+        arguments.update({"dtype": str(vlm.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
+                          **engine.arguments()})
+        return {"job": "consistency", "model": spec.model_info(vlm), "dataset": self.data_info(items),
+                "seed": self.seed, "arguments": arguments, "device": vlm.placement}
 
 
 def check_consistency_arguments(*, items: Any, n_items: Any, variants: Any, max_new_tokens: Any, ocr: Any,

@@ -24,17 +24,17 @@ from typing import Any, Sequence
 
 import torch
 
-from hooks.loading import VLM, load_vlm
+from hooks.loading import VLM
 from hooks.prompts import PromptItem, append_tokens
 from interp.datasets.formats import SIGN_FRACTION, sign_images
 from interp.following import correct_in_both
 from interp.logit_lens import trajectories
 from interp.vocabulary import PASSES
 from modality_lens.cases import BUILTIN_N_PER_CELL, case_item, case_pairs, load_cases
-from modality_lens.provenance import weights_hash
+from modality_lens.engine import EngineOptions
 from modality_lens.rows import case_row, layer_rows
 from modality_lens.rundir import RunDir
-from modality_lens.shipped import auto_image_size, default_model
+from modality_lens.shipped import auto_image_size
 
 __all__ = ["typographic_items", "typographic_rows", "run_typographic"]
 
@@ -93,36 +93,33 @@ def typographic_rows(vlm: VLM, cases: Sequence[Any], fraction: float = SIGN_FRAC
 def run_typographic(*, model: str | None = None, dataset: str = "colour", n_per_cell: int | None = None,
                     limit: int | None = None, batch_size: int = 16, seed: int = 0, out: str | None = None,
                     resume: bool = False, n_boot: int = 1000, device: str | None = None, dtype: str | None = None,
-                    progress: bool = True, figures: bool = True, threads: int | None = None) -> RunDir:
-    """The typographic conflict as a main-job run directory (resumable, finalized, reported)."""
+                    progress: bool = True, figures: bool = True, threads: int | None = None,
+                    engine: EngineOptions | None = None, device_map: str | None = None,
+                    memory_check: bool = True) -> RunDir:
+    """The typographic conflict as a main-job run directory (resumable, finalized, reported); ``engine``,
+    ``device_map`` and ``memory_check`` are the main job's."""
     from modality_lens.arguments import check_run_arguments
     from modality_lens.finalize import finalize
-    from modality_lens.pipeline import fill_chunks
+    from modality_lens.pipeline import ModelSpec, UnitSetup, fill_chunks
 
     checked = check_run_arguments(batch_size=batch_size, limit=limit, seed=seed, image_size="auto", n_boot=n_boot,
                                   n_per_cell=BUILTIN_N_PER_CELL if n_per_cell is None else n_per_cell,
                                   dataset=dataset, out=out or Path("runs") / f"typographic-seed{seed}", resume=resume)
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    source = model or default_model()
-    vlm = load_vlm(source, device=device, dtype=dtype)
+    engine = EngineOptions.ready(engine)
+    spec = ModelSpec.of(model, device=device, dtype=dtype, threads=threads, device_map=device_map,
+                        memory_check=memory_check)
+    vlm = spec.load()
     cases, data_info = load_cases(checked["dataset"], seed=checked["seed"], n_per_cell=checked["n_per_cell"],
                                   image_size=auto_image_size(vlm.processor), limit=checked["limit"])
     case_pairs(vlm.tokenizer, cases)  # an answer the tokenizer cannot spell stops here
-    local = Path(source).is_dir()
     run_dir = RunDir(checked["out"])
     new_folder = not run_dir.path.exists()
-    run_dir.create({"job": "typographic",
-                    "model": {"source": str(Path(source).resolve()) if local else source,
-                              "weights_hash": weights_hash(source) if local else None,
-                              "class": vlm.adapter.model_class, "n_layers": vlm.n_layers,
-                              "self_check": str(vlm.self_check_report)},
-                    "dataset": data_info, "seed": checked["seed"],
+    run_dir.create({"job": "typographic", "model": spec.model_info(vlm), "dataset": data_info, "seed": checked["seed"],
                     "arguments": {"dtype": str(vlm.dtype).removeprefix("torch."), "limit": checked["limit"],
                                   "batch_size": checked["batch_size"], "n_per_cell": checked["n_per_cell"],
                                   "n_boot": checked["n_boot"], "sign_fraction": SIGN_FRACTION,
-                                  "threads": torch.get_num_threads()},
-                    "device": str(vlm.device)}, resume=resume)
+                                  "threads": torch.get_num_threads(), **engine.arguments()},
+                    "device": vlm.placement}, resume=resume)
 
     def finish() -> None:
         finalize(run_dir, n_boot=checked["n_boot"])
@@ -133,6 +130,6 @@ def run_typographic(*, model: str | None = None, dataset: str = "colour", n_per_
             draw_all(run_dir)
             write_report(run_dir)
 
-    fill_chunks(run_dir, new_folder, cases, lambda c: c.id, lambda chunk: typographic_rows(vlm, chunk),
-                batch_size=checked["batch_size"], progress=progress, finish=finish, unit="case")
+    fill_chunks(run_dir, new_folder, cases, lambda c: c.id, vlm, UnitSetup(spec, typographic_rows, SIGN_FRACTION),
+                batch_size=checked["batch_size"], progress=progress, finish=finish, unit="case", engine=engine)
     return run_dir

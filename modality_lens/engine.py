@@ -1,13 +1,18 @@
 """Where a job's rows are computed: in this process (the default) or on the workers of a Ray cluster.
 
-The local engine is the loop every job already runs (`pipeline.iter_rows`, `pipeline.fill_chunks`).
-`RayPool` is the other: N Ray actors, each built once by a `setup(payload)` callable (the main
-study: load the model and plan the whole case list, `pipeline.ShardSetup`), then fed shards (lists
-of unit indices into the payload) through a `work(state, shard)` callable that returns the shard's
-(rows, layer rows). `RayPool.map` yields the shards' results **in shard order**, so the driver
-commits one atomic chunk per shard (`RunDir.append`) in the order the local engine would, and
-resume, merge and summary are unchanged: the rows of a case do not depend on which worker, nor
-on which other shards, computed them (every worker plans the whole list, `dedupe.PassMemo.plan`).
+Every job that writes a run directory (the main study, perturbation, consistency, typographic)
+hands `commit_shards` a `ShardJob`: its units (the payload), the shards still to do (lists of
+unit indices, one batch each, cut where the local loop cuts its batches), how one shard is
+computed into (rows, layer rows) from a state (`work(state, shard)`), that state on this process
+(the driver's loaded model: the local engine), and how a worker builds its own
+(`setup(payload)`: load the model once; the main study also plans the whole case list,
+`pipeline.ShardSetup`; the others, `pipeline.UnitSetup`). Either engine commits one atomic
+chunk per shard (`RunDir.append`), **in shard order**, from this process, so resume, merge and
+summary are the same: the rows of a shard do not depend on which process computed them, nor on
+the shards around it.
+
+`RayPool` is the Ray engine: N Ray actors, each built once by `setup(payload)`, fed shards;
+`RayPool.map` yields the shards' results in shard order.
 
 Faults: each actor is created with bounded `max_restarts` and `max_task_retries`; a worker
 killed mid-run (even by SIGKILL) is restarted by Ray, which reruns `setup` and resubmits the
@@ -24,12 +29,13 @@ only when a Ray engine is used.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 from interp.errors import ArgumentError, ModalityLensError
 
-__all__ = ["EngineOptions", "PoolStats", "RayPool", "import_ray", "RAY_EXTRA_HINT"]
+__all__ = ["EngineOptions", "PoolStats", "RayPool", "ShardJob", "commit_shards", "import_ray", "RAY_EXTRA_HINT"]
 
 RAY_EXTRA_HINT = "pip install 'modality-lens[ray]' (or pip install 'ray>=2.40')"
 IN_FLIGHT_PER_WORKER = 2  # one shard computing, one queued: a worker never waits for the driver
@@ -60,6 +66,20 @@ class EngineOptions:
             raise ArgumentError("--workers and CPUs per worker must be >= 1 and --gpus-per-worker >= 0")
         if self.name == "local" and (self.address is not None or self.gpus_per_worker):
             raise ArgumentError("--address and --gpus-per-worker apply to --engine ray only; add --engine ray")
+
+    @staticmethod
+    def ready(engine: "EngineOptions | None") -> "EngineOptions":
+        """`engine` (None: the local one), after checking that its library is installed: a missing
+        Ray stops a job with the extra to install, before a model is loaded."""
+        engine = engine or EngineOptions()
+        if engine.name == "ray":
+            import_ray()
+        return engine
+
+    def arguments(self) -> dict[str, Any]:
+        """What a run.json's ``arguments`` get: nothing for the local engine (its run.json is as
+        before engines existed), else ``{"engine": describe()}``."""
+        return {} if self.name == "local" else {"engine": self.describe()}
 
     def describe(self) -> dict[str, Any]:
         """What run.json records of the engine (beside the run's arguments)."""
@@ -107,6 +127,17 @@ class _Worker:
 
     def call(self, method: str) -> Any:
         return getattr(self.state, method)()
+
+
+def _reason(err: BaseException) -> str:
+    """What made a Ray call fail: the worker's own exception where Ray carries it (a task's), else
+    the last exception line of Ray's text (a worker whose setup raised), else Ray's first line."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}"
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    raised = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b[^:]*: ", ln)]
+    return raised[-1] if raised else f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
 class RayPool:
@@ -162,8 +193,8 @@ class RayPool:
             return self.ray.get(refs)
         except self.ray.exceptions.RayError as err:
             raise ModalityLensError(
-                f"a Ray worker failed beyond its {self.options.max_restarts} restarts / "
-                f"{self.options.max_task_retries} retries ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                f"a Ray worker failed ({_reason(err)}; a dead worker is restarted up to "
+                f"{self.options.max_restarts} times and its shards retried up to {self.options.max_task_retries}); "
                 "what was committed is kept: fix the cause and run the same command with --resume") from None
 
     def map(self, work: Callable[[Any, Any], Any], shards: Sequence[Any]) -> Iterator[Any]:
@@ -203,3 +234,48 @@ class RayPool:
     def call(self, method: str) -> list[Any]:
         """`state.<method>()` on every actor (e.g. its reuse statistics)."""
         return self._get([a.call.remote(method) for a in self._actors])
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What a job gives an engine (the module docstring): `work(state, shard)` -> (rows, layer rows)
+    of the units at the indices `shard` of `payload`; `local`, the state on this process; `setup`,
+    how a Ray worker builds its state from `payload`. `work` and `setup` must pickle (module-level
+    functions and frozen dataclasses do)."""
+
+    work: Callable[[Any, Sequence[int]], tuple[Sequence[Any], Sequence[Any]]]
+    setup: Callable[[Any], Any]
+    payload: Sequence[Any]
+    local: Any
+
+
+def commit_shards(run_dir: Any, job: ShardJob, shards: Sequence[Sequence[int]], options: EngineOptions, *,
+                  progress: bool, unit: str) -> list[Any]:
+    """Every shard's rows, committed as one chunk each (`run_dir.append`) in shard order, computed on
+    this process (``options.name`` "local") or on Ray workers. Returns the states' ``stats()`` (one;
+    on Ray, one per worker). On Ray the pool's counts (shards, restarts, retried shards) are added
+    to run.json ``engine_runs``, also when the job stops early."""
+    from tqdm import tqdm
+
+    from modality_lens.atomic import atomic_write_bytes, json_text
+
+    bar = tqdm(total=sum(len(s) for s in shards), desc=f"{unit}s", unit=unit, disable=not progress, mininterval=1)
+    try:
+        if options.name == "local":
+            for shard in shards:
+                run_dir.append(*job.work(job.local, shard))
+                bar.update(len(shard))
+            return [job.local.stats()]
+        with RayPool(options, job.setup, list(job.payload)) as pool:
+            try:
+                # the pool first: after the last commit, zip resumes it, and it counts that shard
+                for (rows, layer_rows), shard in zip(pool.map(job.work, shards), shards):
+                    run_dir.append(rows, layer_rows)
+                    bar.update(len(shard))
+            finally:
+                info = run_dir.read_run_info()
+                info.setdefault("engine_runs", []).append({**options.describe(), **pool.stats.to_dict()})
+                atomic_write_bytes(run_dir.run_json, json_text(info).encode())
+            return pool.call("stats")
+    finally:
+        bar.close()

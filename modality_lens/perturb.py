@@ -37,17 +37,16 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
-from hooks.loading import VLM, load_vlm
+from hooks.loading import VLM
 from hooks.perturb import MEASURES, ConfidenceLens, confidence_lens
 from interp.calibration import VCD_ALPHA, VCD_BETA, vcd_scores
 from interp.candidates import CandidatePair
 from interp.datasets.perturb import PERTURBATIONS, perturb
 from modality_lens.cases import case_item, case_pairs
+from modality_lens.engine import EngineOptions
 from modality_lens.perturb_args import PerturbArguments, check_boxes, check_perturb_arguments, unit_cases
 from modality_lens.unitdir import UnitRunDir
-from modality_lens.shipped import default_model
 
 __all__ = ["run_perturb", "PerturbRunDir", "UNIT_SCHEMA", "UNIT_LAYER_SCHEMA", "perturb_rows"]
 
@@ -199,7 +198,9 @@ def run_perturb(*, model: str | None = None, dataset: str | None = None, out: st
                 vcd_beta: float = VCD_BETA, batch_size: int = 16, device: str | None = None,
                 dtype: str | None = None, limit: int | None = None, seed: int = 0, resume: bool = False,
                 n_per_cell: int | None = None, image_size: int | str | None = "auto", n_boot: int = 1000,
-                progress: bool = True, figures: bool = True, threads: int | None = None) -> PerturbRunDir:
+                progress: bool = True, figures: bool = True, threads: int | None = None,
+                engine: EngineOptions | None = None, device_map: str | None = None,
+                memory_check: bool = True) -> PerturbRunDir:
     """The perturbation study: units -> every perturbation level -> run directory, summary, report.
 
     Every argument is checked (`modality_lens.perturb_args`) and a dataset folder read and
@@ -208,29 +209,32 @@ def run_perturb(*, model: str | None = None, dataset: str | None = None, out: st
     added: the original) default to the diffusion probes ``i / n_levels`` (METHOD §3.2, N = 8),
     used for every perturbation. A killed run continues with ``resume=True`` (same model,
     dataset, seed, dtype, limit, batch size, perturbations, levels, conflict, samples, VCD).
+    ``engine``, ``device_map`` and ``memory_check`` are the main job's (`modality_lens.pipeline.run`):
+    on Ray workers each shard is one chunk of ``batch_size`` units, as here, so the records are the same.
     """
     args = check_perturb_arguments(perturbations=perturbations, levels=levels, n_levels=n_levels,
                                    conflict=conflict, n_samples=n_samples, vcd_alpha=vcd_alpha,
                                    vcd_beta=vcd_beta, batch_size=batch_size, limit=limit, seed=seed,
                                    n_per_cell=n_per_cell, image_size=image_size, n_boot=n_boot, dataset=dataset,
                                    out=out or Path("runs") / f"perturb-seed{seed}", resume=resume, threads=threads)
+    from modality_lens.pipeline import ModelSpec, UnitSetup, fill_chunks
+
+    engine = EngineOptions.ready(engine)
     folder = args.read_folder()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    source = model or default_model()
-    vlm = load_vlm(source, device=device, dtype=dtype)
+    spec = ModelSpec.of(model, device=device, dtype=dtype, threads=args.threads, device_map=device_map,
+                        memory_check=memory_check)
+    vlm = spec.load()
     cases, data_info = folder or args.builtin(vlm)
     units = unit_cases(cases, args.conflict, args.limit)
     check_boxes([c for c, _ in units], args.perturbations)
     case_pairs(vlm.tokenizer, [c for c, _ in units])  # an answer the tokenizer cannot spell stops here
     run_dir = PerturbRunDir(args.out)
     new_folder = not run_dir.path.exists()
-    run_dir.create(args.run_info(vlm, source, data_info, len(units)), resume=resume)
+    run_dir.create(args.run_info(vlm, spec, data_info, len(units), engine), resume=resume)
     from modality_lens.perturb_summary import finalize_perturb
-    from modality_lens.pipeline import fill_chunks
 
-    fill_chunks(run_dir, new_folder, units, lambda u: f"{u[1]}:{u[0].id}", lambda chunk: perturb_rows(vlm, chunk, args),
-                batch_size=args.batch_size, progress=progress,
+    fill_chunks(run_dir, new_folder, units, lambda u: f"{u[1]}:{u[0].id}", vlm, UnitSetup(spec, perturb_rows, args),
+                batch_size=args.batch_size, progress=progress, engine=engine,
                 finish=lambda: finalize_perturb(run_dir, n_boot=args.n_boot, seed=args.seed, figures=figures))
     return run_dir
 

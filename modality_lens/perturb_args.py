@@ -88,23 +88,17 @@ class PerturbArguments:
         size = auto_image_size(vlm.processor) if self.image_size == "auto" else self.image_size
         return load_cases(self.dataset, seed=self.seed, n_per_cell=self.n_per_cell, image_size=size)
 
-    def run_info(self, vlm: Any, source: str, data_info: dict, n_units: int) -> dict[str, Any]:
-        """run.json's fields, as the main job writes them, plus the study's arguments."""
+    def run_info(self, vlm: Any, spec: Any, data_info: dict, n_units: int, engine: Any) -> dict[str, Any]:
+        """run.json's fields, as the main job writes them (`spec`: the `pipeline.ModelSpec`), plus the
+        study's arguments; the engine's settings when it is not the local one."""
         import torch
 
-        from modality_lens.provenance import weights_hash
-
-        local = Path(source).is_dir()
         arguments = {k: v for k, v in asdict(self).items() if k not in ("out", "dataset", "seed")}
         arguments.update({"perturbations": list(self.perturbations), "levels": list(self.levels),
                           "dtype": str(vlm.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
-                          "n_units": n_units})
-        return {"job": "perturb",
-                "model": {"source": str(Path(source).resolve()) if local else source,
-                          "weights_hash": weights_hash(source) if local else None,
-                          "class": vlm.adapter.model_class, "n_layers": vlm.n_layers,
-                          "self_check": str(vlm.self_check_report)},
-                "dataset": data_info, "seed": self.seed, "arguments": arguments, "device": str(vlm.device)}
+                          "n_units": n_units, **engine.arguments()})
+        return {"job": "perturb", "model": spec.model_info(vlm), "dataset": data_info, "seed": self.seed,
+                "arguments": arguments, "device": vlm.placement}
 
 
 def _real(name: str, value: Any, low: float, high: float) -> float:

@@ -35,14 +35,15 @@ from interp.vocabulary import PASSES
 from modality_lens.atomic import atomic_write_bytes, json_text
 from modality_lens.cases import BUILTIN_N_PER_CELL, auto_image_size, case_item, case_pairs, load_cases
 from modality_lens.dedupe import PassMemo
-from modality_lens.engine import EngineOptions
+from modality_lens.engine import EngineOptions, ShardJob, commit_shards
 from modality_lens.finalize import finalize
 from modality_lens.rows import CaseRow, LayerRow, case_row, layer_rows
 from modality_lens.provenance import weights_hash
 from modality_lens.rundir import RunDir
 from modality_lens.shipped import default_model
 
-__all__ = ["run", "process_batch", "iter_rows", "default_model", "ShardSetup", "shard_rows"]
+__all__ = ["run", "process_batch", "iter_rows", "default_model", "ModelSpec", "ShardSetup", "shard_rows", "UnitSetup",
+           "unit_rows", "fill_chunks", "batches"]
 
 
 def _answer(traj: Trajectory, pair: CandidatePair, tokenizer: Any) -> tuple[str, str]:
@@ -136,6 +137,8 @@ def run(
     reuse: bool = True,
     threads: int | None = None,
     engine: EngineOptions | None = None,
+    device_map: str | None = None,
+    memory_check: bool = True,
 ) -> RunDir:
     """The main job: cases -> three passes -> run directory with records, summary, figures, report.
 
@@ -147,7 +150,8 @@ def run(
     `n_boot`, `region_width` and `layers` (the lens positions whose switches count, "2-4,6" or a
     list; None: every decoder layer) shape the summary only, not the records. `engine` (default:
     this process) can compute the rows on Ray workers (`modality_lens.engine`, docs/scaling.md):
-    the same rows, committed in the same order.
+    the same rows, committed in the same order. `device_map="auto"` spreads the model over the
+    visible GPUs; `memory_check=False` skips the estimate made before loading (`ModelSpec`).
     """
     from modality_lens.arguments import BUILTIN_DATASETS, check_layers, check_run_arguments  # before loading
     from modality_lens.arguments import positive_int as check_positive
@@ -160,18 +164,13 @@ def run(
     batch_size, limit, seed, n_per_cell, image_size, n_boot = (
         checked[k] for k in ("batch_size", "limit", "seed", "n_per_cell", "image_size", "n_boot"))
     threads = None if threads is None else check_positive("threads", threads)
-    engine = engine or EngineOptions()
-    if engine.name == "ray":
-        from modality_lens.engine import import_ray
-
-        import_ray()  # a missing extra stops the run before the model is loaded
+    engine = EngineOptions.ready(engine)  # a missing extra stops the run before the model is loaded
     # a dataset folder is read and every case validated before the model is loaded
     folder = None if checked["dataset"] in (None, *BUILTIN_DATASETS) else load_cases(
         checked["dataset"], seed=seed, n_per_cell=n_per_cell, image_size=None, limit=limit)
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    source = model or default_model()
-    vlm = load_vlm(source, device=device, dtype=dtype)
+    spec = ModelSpec.of(model, device=device, dtype=dtype, threads=threads, device_map=device_map,
+                        memory_check=memory_check)
+    vlm = spec.load()
     check_layers(layers, vlm.n_layers)  # before anything is written
     size = auto_image_size(vlm.processor) if image_size == "auto" else image_size
     cases, data_info = folder or load_cases(dataset, seed=seed, n_per_cell=n_per_cell, image_size=size, limit=limit)
@@ -181,29 +180,23 @@ def run(
         memo.plan(cases, batch_size)  # the whole list, also on --resume: the same batches, the same numbers
     else:
         case_pairs(vlm.tokenizer, cases)
-    local = Path(source).is_dir()
     run_dir = RunDir(out or Path("runs") / f"run-seed{seed}")
     new_folder = not run_dir.path.exists()
     run_dir.create({
-        "model": {"source": str(Path(source).resolve()) if local else source,
-                  "weights_hash": weights_hash(source) if local else None,
-                  "class": vlm.adapter.model_class, "n_layers": vlm.n_layers,
-                  "self_check": str(vlm.self_check_report)},
+        "model": spec.model_info(vlm),
         "dataset": data_info,
         "seed": seed,
         "arguments": {"dtype": str(vlm.dtype).removeprefix("torch."), "limit": limit, "batch_size": batch_size,
                       "n_per_cell": n_per_cell, "image_size": size, "n_boot": n_boot,
                       "region_width": region_width, "layers": layers,
                       "reuse": reuse, "threads": torch.get_num_threads(),
-                      **({"engine": engine.describe()} if engine.name != "local" else {})},
-        "device": str(vlm.device),
+                      **engine.arguments()},
+        "device": vlm.placement,
     }, resume=resume)
-    setup = ShardSetup(source=str(Path(source).resolve()) if local else source, device=device, dtype=dtype,
-                       threads=threads, batch_size=batch_size, reuse=reuse)
+    setup = ShardSetup(spec, batch_size=batch_size, reuse=reuse)
     try:
-        _fill_run(run_dir, vlm, cases, batch_size=batch_size, progress=progress, reuse=reuse, memo=memo,
-                  summary={"n_boot": n_boot, "region_width": region_width, "layers": layers}, figures=figures,
-                  engine=(engine, setup))
+        _fill_run(run_dir, _ShardState(vlm, memo, list(cases), batch_size), setup, engine, progress=progress,
+                  summary={"n_boot": n_boot, "region_width": region_width, "layers": layers}, figures=figures)
     except BaseException:
         discard_if_empty(run_dir, new_folder)
         raise
@@ -212,21 +205,17 @@ def run(
     return run_dir
 
 
-def _fill_run(run_dir: RunDir, vlm: VLM, cases: Sequence[Any], *, batch_size: int, progress: bool, reuse: bool,
-              memo: PassMemo | None, summary: dict[str, Any], figures: bool,
-              engine: tuple[EngineOptions, "ShardSetup"] | None = None) -> None:
-    """The rows of every case not yet committed, then reuse.json, the summary, figures and report."""
+def _fill_run(run_dir: RunDir, state: "_ShardState", setup: "ShardSetup", engine: EngineOptions, *, progress: bool,
+              summary: dict[str, Any], figures: bool) -> None:
+    """The rows of every case not yet committed (one shard, a batch, per chunk, on either engine), then
+    reuse.json, the summary, figures and report."""
     done = run_dir.done_case_ids()
-    todo = [c for c in cases if c.id not in done]
-    if engine is not None and engine[0].name == "ray":
-        stats = _fill_on_ray(run_dir, cases, todo, engine[0], engine[1], progress=progress)
-    else:
-        for case_rows, rows_of_layers in iter_rows(vlm, todo, batch_size=batch_size, progress=progress,
-                                                   total=len(todo), reuse=reuse, memo=memo):
-            run_dir.append(case_rows, rows_of_layers)
-        stats = memo.stats() if memo is not None else {"reuse": False}
-    atomic_write_bytes(run_dir.path / "reuse.json", json_text({"cases": len(todo), **stats}).encode())
-    finalize(run_dir, **summary, decode=lambda i: vlm.tokenizer.decode([int(i)]).strip())
+    todo = [i for i, c in enumerate(state.cases) if c.id not in done]
+    job = ShardJob(work=shard_rows, setup=setup, payload=state.cases, local=state)
+    stats = commit_shards(run_dir, job, batches(todo, state.batch_size), engine, progress=progress, unit="case")
+    reuse = stats[0] if engine.name == "local" else {"engine": engine.name, "workers": stats}
+    atomic_write_bytes(run_dir.path / "reuse.json", json_text({"cases": len(todo), **reuse}).encode())
+    finalize(run_dir, **summary, decode=lambda i: state.vlm.tokenizer.decode([int(i)]).strip())
     if figures:
         # imported here: matplotlib costs ~0.3 s of start-up that iter_rows users never need
         from modality_lens.plots import draw_all
@@ -236,22 +225,57 @@ def _fill_run(run_dir: RunDir, vlm: VLM, cases: Sequence[Any], *, batch_size: in
         write_report(run_dir)
 
 
+def batches(indices: Sequence[int], size: int) -> list[list[int]]:
+    """`indices` cut into consecutive shards of `size` (the last may be shorter): the local loop's batches."""
+    return [list(indices[s:s + size]) for s in range(0, len(indices), size)]
+
+
 @dataclass(frozen=True)
-class ShardSetup:
-    """What a Ray worker needs to compute rows as this process would: built once per worker,
-    `ShardSetup(...)(cases)` loads the model and plans the whole case list (so a case's rows do
-    not depend on the shards around it); `shard_rows(state, indices)` then gives a shard's rows."""
+class ModelSpec:
+    """How a job loads its model, the same on this process and on every Ray worker: `source` (a
+    model directory, resolved to an absolute path, a hub id or tiny:FAMILY) and the load options
+    (`hooks.loading.load_vlm`; the memory check runs on every load). `threads`: torch's CPU
+    threads (None: torch's default here, 1 on a worker, which has one CPU)."""
 
     source: str
-    device: str | None
-    dtype: str | None
-    threads: int | None
-    batch_size: int
-    reuse: bool
+    device: str | None = None
+    dtype: str | None = None
+    threads: int | None = None
+    device_map: str | None = None
+    memory_check: bool = True
+
+    @classmethod
+    def of(cls, model: str | None, **options: Any) -> "ModelSpec":
+        """`model` (None: the shipped one) with a directory made absolute, so every node finds it."""
+        source = model or default_model()
+        return cls(str(Path(source).resolve()) if Path(source).is_dir() else str(source), **options)
+
+    def load(self, *, worker: bool = False) -> VLM:
+        threads = self.threads or (1 if worker else None)
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        return load_vlm(self.source, device=self.device, dtype=self.dtype, device_map=self.device_map,
+                        memory_check=self.memory_check)
+
+    def model_info(self, vlm: VLM) -> dict[str, Any]:
+        """run.json's ``model`` entry (the weights' hash identifies a local directory)."""
+        local = Path(self.source).is_dir()
+        return {"source": self.source, "weights_hash": weights_hash(self.source) if local else None,
+                "class": vlm.adapter.model_class, "n_layers": vlm.n_layers, "self_check": str(vlm.self_check_report)}
+
+
+@dataclass(frozen=True)
+class ShardSetup:
+    """The main study's worker: `ShardSetup(spec, ...)(cases)` loads the model and plans the whole
+    case list (so a case's rows do not depend on the shards around it); `shard_rows(state,
+    indices)` then gives a shard's rows."""
+
+    model: ModelSpec
+    batch_size: int = 16
+    reuse: bool = True
 
     def __call__(self, cases: Sequence[Any]) -> "_ShardState":
-        torch.set_num_threads(int(self.threads or 1))
-        vlm = load_vlm(self.source, device=self.device, dtype=self.dtype)
+        vlm = self.model.load(worker=True)
         memo = PassMemo(vlm) if self.reuse else None
         if memo is not None:
             memo.plan(cases, self.batch_size)
@@ -280,28 +304,36 @@ def shard_rows(state: _ShardState, indices: Sequence[int]) -> tuple[list[CaseRow
     return case_rows, rows_of_layers
 
 
-def _fill_on_ray(run_dir: RunDir, cases: Sequence[Any], todo: Sequence[Any], options: EngineOptions,
-                 setup: ShardSetup, *, progress: bool) -> dict[str, Any]:
-    """The rows of `todo` on Ray workers, one shard (a batch) per committed chunk, in case order;
-    the pool's counts (shards, restarts, retried shards) are added to run.json `engine_runs`.
-    Returns reuse.json's statistics (per worker)."""
-    from modality_lens.engine import RayPool
+@dataclass(frozen=True)
+class UnitSetup:
+    """A study beside the main one (perturbation, consistency, typographic): `rows(vlm, units, args)`
+    gives the (rows, layer rows) of a chunk of units. `UnitSetup(...)(units)` is a Ray worker's
+    state (the model loaded once); `state(vlm, units)` the same on this process."""
 
-    index = {c.id: i for i, c in enumerate(cases)}
-    positions = [index[c.id] for c in todo]
-    shards = [positions[s:s + setup.batch_size] for s in range(0, len(positions), setup.batch_size)]
-    bar = tqdm(total=len(todo), desc="cases", unit="case", disable=not progress, mininterval=1)
-    with RayPool(options, setup, list(cases)) as pool:
-        try:
-            for case_rows, rows_of_layers in pool.map(shard_rows, shards):
-                run_dir.append(case_rows, rows_of_layers)
-                bar.update(len(case_rows))
-        finally:
-            bar.close()
-            info = run_dir.read_run_info()
-            info.setdefault("engine_runs", []).append({**options.describe(), **pool.stats.to_dict()})
-            atomic_write_bytes(run_dir.run_json, json_text(info).encode())
-        return {"engine": "ray", "workers": pool.call("stats")}
+    model: ModelSpec
+    rows: Callable[[VLM, Sequence[Any], Any], tuple[Sequence[Any], Sequence[Any]]]
+    args: Any = None
+
+    def state(self, vlm: VLM, units: Sequence[Any]) -> "_UnitState":
+        return _UnitState(vlm, list(units), self)
+
+    def __call__(self, units: Sequence[Any]) -> "_UnitState":
+        return self.state(self.model.load(worker=True), units)
+
+
+@dataclass
+class _UnitState:
+    vlm: VLM
+    units: list[Any]
+    setup: UnitSetup
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+
+def unit_rows(state: _UnitState, indices: Sequence[int]) -> tuple[Sequence[Any], Sequence[Any]]:
+    """The rows of the units at `indices` (one shard: one chunk of the local loop)."""
+    return state.setup.rows(state.vlm, [state.units[i] for i in indices], state.setup.args)
 
 
 def discard_if_empty(run_dir: RunDir, new_folder: bool) -> None:
@@ -319,23 +351,21 @@ def discard_if_empty(run_dir: RunDir, new_folder: bool) -> None:
     shutil.rmtree(run_dir.path, ignore_errors=True)
 
 
-def fill_chunks(run_dir: RunDir, new_folder: bool, units: Sequence[Any], key: Callable[[Any], str],
-                rows_of: Callable[[Sequence[Any]], tuple[Sequence[Any], Sequence[Any]]], *, batch_size: int,
-                progress: bool, finish: Callable[[], Any], unit: str = "unit") -> None:
+def fill_chunks(run_dir: RunDir, new_folder: bool, units: Sequence[Any], key: Callable[[Any], str], vlm: VLM,
+                setup: UnitSetup, *, batch_size: int, progress: bool, finish: Callable[[], Any], unit: str = "unit",
+                engine: EngineOptions | None = None) -> None:
     """The loop of the jobs beside the main one (perturbation, consistency, typographic): every
-    unit whose `key` is not committed yet, `batch_size` at a time, through `rows_of` (rows, layer
-    rows) into one atomic chunk each; then `finish()` (summary, figures, report). A failure before
-    the first commit removes a folder this job created (`discard_if_empty`); the run directory is
-    closed either way."""
+    unit whose `key` is not committed yet, `batch_size` at a time, through `setup.rows` into one
+    atomic chunk each, on this process with `vlm` or on Ray workers (`engine`; the same chunks,
+    so the same records); then `finish()` (summary, figures, report). A failure before the first
+    commit removes a folder this job created (`discard_if_empty`); the run directory is closed
+    either way."""
     try:
         done = run_dir.done_case_ids()
-        todo = [u for u in units if key(u) not in done]
-        bar = tqdm(total=len(todo), desc=f"{unit}s", unit=unit, disable=not progress, mininterval=1)
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            run_dir.append(*rows_of(chunk))
-            bar.update(len(chunk))
-        bar.close()
+        todo = [i for i, u in enumerate(units) if key(u) not in done]
+        job = ShardJob(work=unit_rows, setup=setup, payload=list(units), local=setup.state(vlm, units))
+        commit_shards(run_dir, job, batches(todo, batch_size), engine or EngineOptions(), progress=progress,
+                      unit=unit)
         finish()
     except BaseException:
         discard_if_empty(run_dir, new_folder)

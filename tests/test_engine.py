@@ -1,28 +1,38 @@
-"""`run --engine ray`: on a local Ray cluster of 2 CPU workers, the shipped model's rows and summary
-equal the local engine's; a worker SIGKILLed mid-run is retried and counted; a driver killed
-mid-run resumes to the same records; without Ray installed the engine is refused with the fix."""
+"""`--engine ray`: on a local Ray cluster of 2 CPU workers, the shipped model's rows and summary
+equal the local engine's (the main job, perturbation, consistency); a worker SIGKILLed mid-run is
+retried and counted; a driver (the command's process) SIGKILLed mid-run resumes to the same
+records and leaves no Ray process behind the test; without Ray installed the engine is refused
+with the fix."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
 import ray  # the dev extra installs it (scripts/setup.sh), so these tests run in CI
 
 from modality_lens import pipeline
-from modality_lens.engine import EngineOptions
+from interp.errors import ModalityLensError, ModelSourceError
+from modality_lens.engine import EngineOptions, RayPool
 from modality_lens.rundir import RunDir
 
 # 48 cases of the shipped model in 6 batches (so 6 shards): a few seconds per engine
 ARGS = dict(limit=48, batch_size=8, n_per_cell=1, seed=0, n_boot=50, progress=False, figures=False, threads=1)
 RAY = EngineOptions(name="ray", workers=2, max_restarts=2, max_task_retries=2)
 ENGINE_FIELDS = {"engine"}  # run.json arguments that name the engine; summary.json has none
+CLI_ARGS = ["--limit", "48", "--batch-size", "8", "--n-per-cell", "1", "--seed", "0", "--n-boot", "50",
+            "--threads", "1"]  # ARGS on the command line (figures are drawn there; the records do not change)
+HANG_GUARD_S = 900  # only a guard against a hung child; nothing here is timed
 
 
 @pytest.fixture(scope="module")
@@ -77,26 +87,121 @@ def test_a_worker_killed_mid_run_is_retried_and_counted(local_run, tmp_path, mon
     assert 1 <= runs[0]["retried_shards"] <= 2  # the killed shard, and the one queued behind it
 
 
-def test_a_killed_driver_resumes_to_the_same_records(local_run, tmp_path, monkeypatch):
-    commits = []
-    append = RunDir.append
+class RefuseToLoad:
+    """A worker setup that fails as a load does (here: as the memory check refuses a model)."""
 
-    def append_then_die(self, *args, **kwargs):
-        if len(commits) == 2:
-            raise KeyboardInterrupt  # the driver stops after two committed shards
-        commits.append(append(self, *args, **kwargs))
-        return commits[-1]
+    def __call__(self, payload):
+        raise ModelSourceError("needs about 9 GiB, but cuda:0 has 1 GiB available")
 
-    monkeypatch.setattr(RunDir, "append", append_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        pipeline.run(out=str(tmp_path / "ray"), engine=RAY, **ARGS)
-    monkeypatch.setattr(RunDir, "append", append)
-    cut = RunDir(tmp_path / "ray")
-    assert len(cut.done_case_ids()) == 16 and not cut.summary_path.exists()
-    run_dir = pipeline.run(out=str(tmp_path / "ray"), engine=RAY, resume=True, **ARGS)
+
+def test_a_worker_whose_setup_fails_stops_the_job_naming_its_error():
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    with pytest.raises(ModalityLensError, match=r"ModelSourceError: needs about 9 GiB, but cuda:0 .*--resume"):
+        with RayPool(RAY, RefuseToLoad(), [0]):
+            pass
+
+
+def _session(sid: int) -> list[psutil.Process]:
+    """The live processes of session `sid` (Ray's workers change their process group, not their session)."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (psutil.Error, OSError):  # gone meanwhile
+            pass
+    return found
+
+
+def _kill_session(sid: int) -> list[psutil.Process]:
+    """SIGKILL every process of session `sid` until none is left (or the guard runs out); returns
+    those still alive. The Ray driver leaves its dashboard and runtime-env agents
+    running for about a minute after it is SIGKILLed; the test does not wait for them."""
+    deadline = time.monotonic() + HANG_GUARD_S
+    while time.monotonic() < deadline:
+        alive = _session(sid)
+        if not alive:
+            return []
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+    return alive
+
+
+def _commits(out: Path) -> int:
+    return len(list((out / "cases").glob("part-*.parquet"))) if (out / "cases").is_dir() else 0
+
+
+def test_a_driver_killed_mid_run_resumes_to_the_same_records(local_run, tmp_path):
+    """`modality-lens run --engine ray` in a session of its own, SIGKILLed as soon as its first
+    shard is committed; its Ray processes are killed with the session, and --resume (on Ray,
+    in this process) gives the local engine's records, every case once."""
+    out = tmp_path / "ray"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    with open(tmp_path / "driver.err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "modality_lens.cli", "run", "--engine", "ray", "--workers", "2",
+                                 *CLI_ARGS, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=err, env=env,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + HANG_GUARD_S
+        while proc.poll() is None and not _commits(out) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=HANG_GUARD_S)
+    finally:
+        left = _kill_session(proc.pid)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "driver.err").read_text()[-3000:]
+    assert not left, f"Ray processes left running: {[p.pid for p in left]}"
+    committed = _commits(out)
+    assert 1 <= committed < 6, "the kill must land mid-run"
+    assert not (out / "summary.json").exists() and "engine_runs" not in RunDir(out).read_run_info()
+
+    run_dir = pipeline.run(out=str(out), engine=RAY, resume=True, **ARGS)
     _same_records(local_run, run_dir)
-    runs = run_dir.read_run_info()["engine_runs"]
-    assert [r["shards"] for r in runs] == [2, 4]
+    assert len(set(pq.read_table(run_dir.cases_path).column("case_id").to_pylist())) == 48
+    runs = run_dir.read_run_info()["engine_runs"]  # the killed driver recorded nothing
+    assert [r["shards"] for r in runs] == [6 - committed]
+
+
+def _perturb(**kwargs):
+    from modality_lens.perturb import run_perturb
+
+    return run_perturb(n_per_cell=1, limit=2, conflict=True, n_levels=2, n_samples=4, batch_size=3, n_boot=20,
+                       progress=False, figures=False, threads=1, **kwargs)
+
+
+def _consistency(**kwargs):
+    from modality_lens.consistency import run_consistency
+
+    return run_consistency(items="colour", n_items=6, batch_size=2, max_new_tokens=3, ocr_max_new_tokens=4,
+                           n_boot=20, progress=False, figures=False, threads=1, **kwargs)
+
+
+STUDIES = {"perturb": (_perturb, ("units.parquet", "unit_layers.parquet"), 3),
+           "consistency": (_consistency, ("rows.parquet", "row_layers.parquet"), 2)}
+"""Each study beside the main job on the shipped model: how to run it small, its final tables, its batch size."""
+
+
+@pytest.mark.parametrize("study", sorted(STUDIES))
+def test_the_studies_on_ray_give_the_local_engines_records(study, tmp_path):
+    run, tables, batch = STUDIES[study]
+    local = run(out=str(tmp_path / "local"))
+    remote = run(out=str(tmp_path / "ray"), engine=RAY)
+    for name in tables:
+        assert (remote.path / name).read_bytes() == (local.path / name).read_bytes(), name
+    assert remote.read_summary() == local.read_summary()
+    units = pq.read_table(local.path / tables[0]).column("unit_id").to_pylist()
+    shards = math.ceil(len(set(units)) / batch)  # one shard per local chunk of `batch` units
+    assert shards >= 2  # both workers had work
+    assert remote.read_run_info()["engine_runs"] == [{**RAY.describe(), "shards": shards, "restarts": 0,
+                                                      "retried_shards": 0}]
+    args = {k: v for k, v in remote.read_run_info()["arguments"].items() if k not in ENGINE_FIELDS}
+    assert args == local.read_run_info()["arguments"]
 
 
 def test_engine_ray_without_ray_installed_exits_2_naming_the_extra(tmp_path, monkeypatch, capsys):
