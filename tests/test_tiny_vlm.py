@@ -442,3 +442,51 @@ def test_training_words_never_take_the_evaluation_tier0_sizes(monkeypatch):
     for key, sizes in drawn.items():
         assert not sizes & evaluated[key], key
         assert min(sizes) <= 7 and max(sizes) > max(evaluated[key]), (key, sorted(sizes))
+
+
+def test_the_asked_word_is_found_in_the_question_not_in_the_context():
+    """`asked_positions` points at the question's shape (colour) word: the token there is the asked
+    word and what follows it is the rest of the question and the template, tokenized on its own;
+    a context that names the same shape earlier does not move it; no asked word gives -1."""
+    from hooks.prompts import render_prompt
+    from interp.datasets.text import COLOUR_QUESTION, INSTRUCTION, SHAPE_QUESTION
+    from modality_lens.tiny_vlm.mix import Example
+    from modality_lens.tiny_vlm.recipe import build_processor
+    from modality_lens.tiny_vlm.train import _encode, asked_positions
+
+    processor = build_processor(TinyVLMConfig(**TINY))
+    tok = processor.tokenizer
+    image = ScenePool.draw(1, 0, 64).images[0]
+    colour_q = f"{COLOUR_QUESTION.format(shape='circle')} {INSTRUCTION}"
+    examples = [
+        Example("both", colour_q, "The circle is red. The square is blue.", image, "red"),
+        Example("vision", f"{SHAPE_QUESTION.format(colour='green')} {INSTRUCTION}", None, image, "star"),
+        Example("read", f"{READ_QUESTION} {INSTRUCTION}", None, image, "red"),
+        Example("instructed", f"{colour_q} use the text to answer .", "The circle is red.", image, "red"),
+    ]
+    inputs = _encode(processor, examples)
+    where = asked_positions(processor, examples, inputs["input_ids"], "end").tolist()
+    assert where[2] == where[3] == -1
+    assert asked_positions(processor, examples[3:], _encode(processor, examples[3:])["input_ids"], "start")[0] >= 0
+    for k, word, rest in ((0, "circle", colour_q.split("circle", 1)[1]), (1, "green", examples[1].question.split("green", 1)[1])):
+        row = inputs["input_ids"][k]
+        assert tok.convert_ids_to_tokens(int(row[where[k]])) == word
+        tail = tok.convert_ids_to_tokens(row[where[k] + 1:].tolist())
+        expected_tail = tok.tokenize(rest) + tok.tokenize(render_prompt(processor, question="x", with_image=False)
+                                                          .rsplit("x", 1)[1])
+        assert tail == expected_tail
+    first = (inputs["input_ids"][0] == tok.convert_tokens_to_ids("circle")).nonzero().flatten().tolist()
+    assert len(first) == 2 and where[0] == first[1]  # the context's "circle" comes first
+
+
+def test_the_asked_word_loss_trains_deterministically_and_changes_the_model():
+    cfg = TinyVLMConfig(**{**TINY, "asked_loss": 1.0, "asked_only_steps": 1})
+    pool = ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size)
+    a, _, log_a = train(cfg, pool=pool, progress=False, log_every=1)
+    b, _, log_b = train(cfg, pool=pool, progress=False, log_every=1)
+    assert [h["loss"] for h in log_a["history"]] == [h["loss"] for h in log_b["history"]]
+    assert torch.equal(a.lm_head.weight, b.lm_head.weight)
+    plain, _, _ = train(TinyVLMConfig(**TINY), pool=pool, progress=False)
+    assert not torch.equal(plain.lm_head.weight, a.lm_head.weight)
+    with pytest.raises(ValueError, match="asked_loss > 0"):
+        train(TinyVLMConfig(**{**TINY, "asked_only_steps": 5}), pool=pool, progress=False)

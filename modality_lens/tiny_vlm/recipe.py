@@ -92,6 +92,8 @@ class TinyVLMConfig:
     pretrain_lr: float = 1e-3
     pretrain_aux: float = 0.0  # weight of the patch loss during pretraining (0: off)
     tower_lr_scale: float = 1.0  # the tower's learning rate in the VLM stage, as a multiple of `lr`
+    asked_loss: float = 0.0  # weight of the answer loss also at the asked word (train.asked_positions; 0: off)
+    asked_only_steps: int = 0  # first VLM steps with the loss at the asked word only (needs asked_loss > 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
