@@ -200,20 +200,17 @@ def _backward(model: Any, processor: Any, part: Sequence[Example], label_ids: di
     inputs = _encode(processor, part)
     labels = torch.tensor([label_ids[e.label] for e in part])
     ce = torch.nn.functional.cross_entropy
+    # every position's logits only when the asked word's loss needs them
+    all_logits = model(**inputs, **({} if cfg.asked_loss > 0 else {"logits_to_keep": 1})).logits
+    loss = ce(all_logits[:, -1, :], labels, reduction="sum") / cfg.batch_size
+    answer = float(loss.detach()) * cfg.batch_size
     if cfg.asked_loss > 0:
-        all_logits = model(**inputs).logits
-        logits = all_logits[:, -1, :]
+        if step < cfg.asked_only_steps:
+            loss = 0.0 * loss
         where = asked_positions(processor, part, inputs["input_ids"], cfg.instruction_placement)
         has = (where >= 0).nonzero().flatten()
-        answer_loss = ce(logits, labels, reduction="sum") / cfg.batch_size
-        loss = (answer_loss if step >= cfg.asked_only_steps else 0.0 * answer_loss)
         if len(has):
             loss = loss + cfg.asked_loss * ce(all_logits[has, where[has]], labels[has], reduction="sum") / cfg.batch_size
-        answer = float(answer_loss.detach()) * cfg.batch_size
-    else:
-        logits = model(**inputs, logits_to_keep=1).logits[:, -1, :]
-        loss = ce(logits, labels, reduction="sum") / cfg.batch_size
-        answer = float(loss.detach()) * cfg.batch_size
     if aux is not None and part[0].image is not None and aux.states is not None:
         loss = loss + cfg.aux_weight * aux.head.loss(aux.states, [e.patches for e in part]) * len(part) / cfg.batch_size
         aux.states = None
