@@ -201,7 +201,22 @@ def skills_text(cfg: TinyVLMConfig) -> str:
                 "rendered colour word"
                 + (f", plus the patch loss of `modality_lens.tiny_vlm.aux` (weight {cfg.pretrain_aux})"
                    if cfg.pretrain_aux > 0 else "")
-                + f". In the VLM\n  stage the tower then learns at {cfg.tower_lr_scale} x the learning rate.\n")
+                + ". In the VLM\n  stage the tower then "
+                + ("is frozen" if cfg.tower_lr_scale == 0 else f"learns at {cfg.tower_lr_scale} x the learning rate")
+                + (". The projector starts as the reader's input MLP (the reader's width is the language\n  model's) "
+                   "and " + ("stays frozen" if cfg.projector_lr_scale == 0 else
+                             f"learns at {cfg.projector_lr_scale} x the learning rate")
+                   + ": a projector trained from scratch drops the binding of colour\n  to shape that the tower carries "
+                   "(docs/datasets.md)" if cfg.projector_from_reader else "") + ".\n")
+    if cfg.asked_loss > 0:
+        out += (f"- The answer's loss also at the question's asked word (weight {cfg.asked_loss}; the shape in \"What "
+                "colour is\n  the circle?\", the colour in \"What shape is the red object?\"), and for the first "
+                f"{cfg.asked_only_steps} steps\n  there only: the answer position is two attention hops from the "
+                "image (the asked word, then the\n  object that wears it) and does not learn that on its own "
+                "(docs/datasets.md, \"Two hops\").\n")
+    if cfg.scene_refresh > 0:
+        out += (f"- Every {cfg.scene_refresh} steps of the VLM stage the scene pools are drawn afresh (same sizes, "
+                "another random\n  stream), so the language model does not see the same scenes again and again.\n")
     if cfg.aux_weight > 0:
         out += (f"- An auxiliary loss on the vision tower during training only (weight {cfg.aux_weight}): per image\n"
                 "  token, the shape and colour of the object covering most of its patch, or background\n"

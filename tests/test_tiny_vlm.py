@@ -433,7 +433,7 @@ def test_training_words_never_take_the_evaluation_tier0_sizes(monkeypatch):
                 evaluated.setdefault((word, font), set()).add(calls[-1][2])
     calls.clear()
     rng = np.random.default_rng(0)
-    for _ in range(600):
+    for _ in range(2000):
         reading.word_image(COLOURS[int(rng.integers(len(COLOURS)))], 64, rng)
     drawn: dict = {}
     for word, font, pixels in calls:
@@ -490,3 +490,92 @@ def test_the_asked_word_loss_trains_deterministically_and_changes_the_model():
     assert not torch.equal(plain.lm_head.weight, a.lm_head.weight)
     with pytest.raises(ValueError, match="asked_loss > 0"):
         train(TinyVLMConfig(**{**TINY, "asked_only_steps": 5}), pool=pool, progress=False)
+
+
+def test_the_projector_copied_from_the_reader_computes_the_readers_mlp():
+    """copy_reader_projector: the projector's output equals the reader's input MLP on the same
+    states (nn.Sequential against the HF module); a reader of another width is refused."""
+    from modality_lens.tiny_vlm.pretrain import Reader, copy_reader_projector
+
+    cfg = TinyVLMConfig(**TINY)
+    model = build_model(cfg, 40)
+    torch.manual_seed(3)
+    reader = Reader(cfg.vision_hidden, dim=cfg.text_hidden)
+    states = torch.randn(2, 5, cfg.vision_hidden)
+    assert not torch.allclose(model.model.multi_modal_projector(states), reader.proj(states))
+    copy_reader_projector(reader, model)
+    torch.testing.assert_close(model.model.multi_modal_projector(states), reader.proj(states), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="text width"):
+        copy_reader_projector(Reader(cfg.vision_hidden, dim=cfg.text_hidden * 2), model)
+
+
+def test_a_frozen_projector_from_the_reader_stays_as_pretraining_left_it():
+    """projector_from_reader + projector_lr_scale = 0: after the VLM stage the projector still
+    equals the one the pretraining stage wrote (run alone on the same seed), the tower likewise
+    with tower_lr_scale = 0, while the language model moved."""
+    from modality_lens.tiny_vlm.pretrain import pretrain_tower
+
+    cfg, processor, pool, shapes = _pretrain_setup(projector_from_reader=True, projector_lr_scale=0.0,
+                                                   tower_lr_scale=0.0)
+    model = build_model(cfg, len(processor.tokenizer))
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    pretrain_tower(model, processor, cfg, pool, shapes)
+    pretrained = {n: p.detach().clone() for n, p in model.named_parameters()}
+    projector = [n for n in pretrained if "multi_modal_projector" in n]
+    assert projector and all(not torch.equal(pretrained[n], initial[n]) for n in projector)
+    trained, _, _ = train(cfg, pool=pool, progress=False)
+    after = dict(trained.named_parameters())
+    frozen = [n for n in after if "multi_modal_projector" in n or "vision_tower" in n]
+    assert all(torch.equal(after[n], pretrained[n]) for n in frozen)
+    assert not torch.equal(after["lm_head.weight"], pretrained["lm_head.weight"])
+    with pytest.raises(ValueError, match="pretrain_steps > 0"):
+        train(TinyVLMConfig(**{**TINY, "projector_from_reader": True}), pool=pool, progress=False)
+
+
+def test_refreshed_scene_pools_are_new_scenes_and_reproducible():
+    """TrainingMix.refresh(k): pools of the same sizes, other scenes than the first pool's, the
+    same scenes for the same k; stream 0 is the pool drawn without a stream."""
+    cfg = TinyVLMConfig(**TINY)
+    pool = ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size)
+    assert all(a.tobytes() == b.tobytes() for a, b in
+               zip(pool.images, ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size, stream=0).images))
+    shapes = ShapePool.draw(cfg.n_shape_scenes, cfg.seed, cfg.image_size)
+    mixes = [TrainingMix(pool, cfg, shapes) for _ in range(2)]
+    for mix in mixes:
+        mix.refresh(1)
+    a, b = mixes
+    assert len(a.pool) == len(pool) and len(a.shapes) == len(shapes)
+    assert [x.tobytes() for x in a.pool.images] == [x.tobytes() for x in b.pool.images]
+    assert [x.tobytes() for x in a.shapes.images] == [x.tobytes() for x in b.shapes.images]
+    old = {x.tobytes() for x in pool.images}
+    assert not old & {x.tobytes() for x in a.pool.images}
+    assert not {x.tobytes() for x in shapes.images} & {x.tobytes() for x in a.shapes.images}
+    # the refreshed pool's records describe its own scenes: tiers in turn as before
+    assert list(a.pool.visual_tier) == list(pool.visual_tier)
+    cfg_refresh = TinyVLMConfig(**{**TINY, "steps": 4, "scene_refresh": 2})
+    m1, _, l1 = train(cfg_refresh, pool=pool, progress=False, log_every=1)
+    m2, _, l2 = train(cfg_refresh, pool=pool, progress=False, log_every=1)
+    assert [h["loss"] for h in l1["history"]] == [h["loss"] for h in l2["history"]]
+    plain, _, _ = train(TinyVLMConfig(**{**TINY, "steps": 4}), pool=pool, progress=False)
+    assert not torch.equal(plain.lm_head.weight, m1.lm_head.weight)
+
+
+def test_large_share_draws_words_from_the_upper_half_of_the_sizes(monkeypatch):
+    from interp.datasets.drawing import COLOURS
+    from interp.datasets.render import fit_pixels
+    from modality_lens.tiny_vlm import reading
+
+    calls: list[tuple[str, str, int]] = []
+    real = reading.fit_text
+
+    def recording(text, size, *, font="sans", max_pixels=None, **kw):
+        calls.append((text, font, max_pixels))
+        return real(text, size, font=font, max_pixels=max_pixels, **kw)
+
+    monkeypatch.setattr(reading, "fit_text", recording)
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        reading.word_image(COLOURS[int(rng.integers(len(COLOURS)))], 64, rng, large_share=1.0)
+    assert len(calls) == 60
+    for word, font, pixels in calls:
+        assert pixels >= fit_pixels(word, (64, 64), font=font, margin=0) // 2, (word, font, pixels)

@@ -71,12 +71,14 @@ class ScenePool:
 
     @classmethod
     def draw(cls, n: int, seed: int, image_size: int, tiers: Sequence[int] = range(14),
-             same_colour_share: float = 0.0, patch: int | None = None) -> "ScenePool":
+             same_colour_share: float = 0.0, patch: int | None = None, stream: int = 0) -> "ScenePool":
         """`n` scenes, visual tiers in turn, drawn like the evaluation set except that in a
         `same_colour_share` of them distractors may also take the target's colour **[ours]**:
         in the evaluation set the target's colour is the one colour worn by a single object,
-        a shortcut that makes crowded scenes easy without finding the asked shape at all."""
-        rng = np.random.default_rng([seed, 7])
+        a shortcut that makes crowded scenes easy without finding the asked shape at all.
+        `stream` > 0 draws another pool of the same seed (`TrainingMix.refresh`)."""
+        extra = [stream] if stream else []
+        rng = np.random.default_rng([seed, 7, *extra])
         images, tc, ts, ac, ash, vt, patches = [], [], [], [], [], [], []
         tiers = list(tiers)
         for i in range(n):
@@ -85,7 +87,7 @@ class ScenePool:
             s, s_abs = rng.choice(len(SHAPES), 2, replace=False)
             same = rng.random() < same_colour_share
             spec = COLOUR_TIERS[tier]
-            scene = draw_scene(spec, SHAPES[s], COLOURS[c], np.random.default_rng([seed, 11, i]),
+            scene = draw_scene(spec, SHAPES[s], COLOURS[c], np.random.default_rng([seed, 11, i, *extra]),
                                resolve_size(image_size, spec.default_size),
                                distractor_shapes=[x for k, x in enumerate(SHAPES) if k not in (s, s_abs)],
                                distractor_colours=[x for k, x in enumerate(COLOURS) if k != a and (same or k != c)])
@@ -143,6 +145,17 @@ class TrainingMix:
                              f"{self.cfg.text_distractor_share}")
         self.rng = np.random.default_rng([self.cfg.seed, 13])
         self._by_tier: dict[int, np.ndarray] = {}
+
+    def refresh(self, stream: int, patch: int | None = None) -> None:
+        """Replace the scene pools by freshly drawn ones of the same sizes (`stream` > 0 picks
+        which: the same seed and stream give the same scenes), so that a long run does not see
+        the same scenes again and again (`TinyVLMConfig.scene_refresh`)."""
+        cfg = self.cfg
+        self.pool = ScenePool.draw(len(self.pool), cfg.seed, cfg.image_size, same_colour_share=cfg.same_colour_share,
+                                   patch=patch, stream=stream)
+        if self.shapes is not None:
+            self.shapes = ShapePool.draw(len(self.shapes), cfg.seed, cfg.image_size, patch=patch, stream=stream)
+        self._by_tier = {}
 
     def context(self, shape: str, absent_shape: str, true_colour: str, wrong_colour: str) -> tuple[str, str, int, bool]:
         """(context, stated colour, text tier, relevant): the context states the true colour with

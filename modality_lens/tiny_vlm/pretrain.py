@@ -21,14 +21,19 @@ language model and freshly drawn scenes every step, the same tower learns it, sl
 
 Deterministic for a seed (each step's draws come from a generator seeded by (seed, step)). The
 saved model is a stock `LlavaForConditionalGeneration`: only the tower's weights come out of this
-stage; the reader and the patch head are discarded.
+stage, and with `projector_from_reader` the projector's, copied from the reader's input MLP
+(`copy_reader_projector`; the reader's width is the language model's, so its Linear-GELU-Linear
+has the projector's shape). Measured (docs/datasets.md): the projector that the VLM stage trains
+from scratch keeps the colour and drops the binding of colour to shape that the tower carries;
+the reader's, which was trained to read that binding, keeps it. The reader's attention and the
+patch head are discarded.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +45,7 @@ from modality_lens.tiny_vlm.mix import ScenePool
 from modality_lens.tiny_vlm.reading import ShapePool, word_image
 from modality_lens.tiny_vlm.recipe import TinyVLMConfig
 
-__all__ = ["Reader", "pretrain_tower", "PRETRAIN_SHARES", "ANSWERS", "READ"]
+__all__ = ["Reader", "pretrain_tower", "copy_reader_projector", "PRETRAIN_SHARES", "ANSWERS", "READ"]
 
 ANSWERS: tuple[str, ...] = COLOURS + SHAPES
 """The reader's answer words, in this order."""
@@ -103,13 +108,14 @@ def pretrain_tower(model: Any, processor: Any, cfg: TinyVLMConfig, pool: ScenePo
                    log_every: int = 100, progress: Any = None) -> dict[str, Any]:
     """Train `model`'s vision tower in place for `cfg.pretrain_steps` steps on scenes of `pool`
     and `shapes` (with patch labels when `cfg.pretrain_aux > 0`) and fresh rendered words;
-    returns the log (losses and the reader's accuracy on each logged stretch's batches, wall time)."""
+    returns the log (losses and the reader's accuracy on each logged stretch's batches, wall time);
+    with `cfg.projector_from_reader` the model's projector is the reader's input MLP afterwards."""
     if shapes is None:
         raise ValueError("the pretraining stage needs shape-set scenes: set n_shape_scenes > 0")
     if cfg.pretrain_aux > 0 and (pool.patches is None or shapes.patches is None):
         raise ValueError("pretrain_aux > 0 needs pools drawn with patch labels (`patch=cfg.patch_size`)")
     tower = model.model.vision_tower
-    reader = Reader(cfg.vision_hidden)
+    reader = Reader(cfg.vision_hidden, dim=cfg.text_hidden)
     head = PatchHead(cfg.vision_hidden) if cfg.pretrain_aux > 0 else None
     params = [*tower.parameters(), *reader.parameters(), *(head.parameters() if head else ())]
     opt = torch.optim.AdamW(params, lr=cfg.pretrain_lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
@@ -137,5 +143,22 @@ def pretrain_tower(model: Any, processor: Any, cfg: TinyVLMConfig, pool: ScenePo
             running = []
             if progress is not None:
                 progress(history[-1])
+    if cfg.projector_from_reader:
+        copy_reader_projector(reader, model)
     return {"history": history, "wall_s": time.time() - start}
+
+
+def copy_reader_projector(reader: Reader, model: Any) -> None:
+    """Set `model`'s projector (linear_1, GELU, linear_2) to `reader`'s input MLP (the same shape)."""
+    projector = model.model.multi_modal_projector
+    act = getattr(model.config, "projector_hidden_act", "gelu")
+    if act != "gelu":
+        raise ValueError(f"the reader's MLP uses an exact GELU; the projector's activation is {act!r}")
+    with torch.no_grad():
+        for mine, theirs in ((projector.linear_1, reader.proj[0]), (projector.linear_2, reader.proj[2])):
+            if mine.weight.shape != theirs.weight.shape:
+                raise ValueError(f"the projector's {tuple(mine.weight.shape)} and the reader's "
+                                 f"{tuple(theirs.weight.shape)} differ: the reader's width must be the text width")
+            mine.weight.copy_(theirs.weight)
+            mine.bias.copy_(theirs.bias)
 

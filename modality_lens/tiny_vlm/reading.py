@@ -8,7 +8,9 @@ shipped recipe: docs/datasets.md has what a model trained with them measured):
   pre-drawn like the colour scenes; the question asks the shape of the object of one colour.
 - **a rendered word** (`word_image`): a colour word in black (15%: in another palette colour,
   so that the ink is no cue to the answer) in one of the three fonts, at a random pixel size
-  from 6 to the largest that fits, centred (half of them) or anywhere on the canvas; the
+  from 6 to the largest that fits (half of them: from half the largest up; a model trained on
+  the uniform sizes read the evaluation's large centred words at 30%), centred (half of
+  them) or anywhere on the canvas; the
   question is `READ_QUESTION` and the label the word. The pixel sizes of the evaluation's
   tier-0 renderings (`word_image_tier0` at `TIER0_SCALES`) are never drawn, so the held-out
   tier-0 check reads images training never showed.
@@ -59,14 +61,16 @@ class ShapePool:
     patches: list[np.ndarray] | None = None  # per scene, `aux.patch_labels` (with `patch=`)
 
     @classmethod
-    def draw(cls, n: int, seed: int, image_size: int, patch: int | None = None) -> "ShapePool":
-        rng = np.random.default_rng([seed, 17])
+    def draw(cls, n: int, seed: int, image_size: int, patch: int | None = None, stream: int = 0) -> "ShapePool":
+        """`n` scenes, the four tiers in turn; `stream` > 0 draws another pool of the same seed."""
+        extra = [stream] if stream else []
+        rng = np.random.default_rng([seed, 17, *extra])
         images, ts, tc, ash, ac, vt, patches = [], [], [], [], [], [], []
         for i in range(n):
             tier = i % len(SHAPE_TIERS)
             s, s_abs = rng.choice(len(SHAPES), 2, replace=False)
             c, c_abs = rng.choice(len(COLOURS), 2, replace=False)
-            scene = draw_shape_scene(tier, SHAPES[s], COLOURS[c], SHAPES[s_abs], np.random.default_rng([seed, 19, i]),
+            scene = draw_shape_scene(tier, SHAPES[s], COLOURS[c], SHAPES[s_abs], np.random.default_rng([seed, 19, i, *extra]),
                                      image_size, absent_colours=(COLOURS[c_abs],))
             images.append(scene.image)
             ts.append(s), tc.append(c), ash.append(s_abs), ac.append(c_abs), vt.append(tier)
@@ -86,12 +90,16 @@ def _ink(word: str, rng: np.random.Generator, coloured_share: float) -> str:
 
 
 def word_image(word: str, size: int, rng: np.random.Generator, *, coloured_share: float = 0.15,
-               centred_share: float = 0.5) -> Image.Image:
-    """`word` rendered on a `size` canvas: random font, pixel size and place (see the module doc)."""
+               centred_share: float = 0.5, large_share: float = 0.5) -> Image.Image:
+    """`word` rendered on a `size` canvas: random font, pixel size and place (see the module doc);
+    in a `large_share` of them the size is drawn from the upper half of the sizes that fit."""
     font = FONT_NAMES[int(rng.integers(len(FONT_NAMES)))]
     ink = _ink(word, rng, coloured_share)
     held_out = tier0_pixels(word, size, font)
-    sizes = [p for p in range(6, fit_pixels(word, (size, size), font=font, margin=0) + 1) if p not in held_out]
+    largest = fit_pixels(word, (size, size), font=font, margin=0)
+    sizes = [p for p in range(6, largest + 1) if p not in held_out]
+    if rng.random() < large_share:
+        sizes = [p for p in sizes if p >= largest // 2] or sizes
     tile = fit_text(word, (size, size), font=font, colour=ink, max_pixels=sizes[int(rng.integers(len(sizes)))],
                     centre=False, margin=0)
     # crop the text's box and place it centred or anywhere on the canvas

@@ -94,6 +94,9 @@ class TinyVLMConfig:
     tower_lr_scale: float = 1.0  # the tower's learning rate in the VLM stage, as a multiple of `lr`
     asked_loss: float = 0.0  # weight of the answer loss also at the asked word (train.asked_positions; 0: off)
     asked_only_steps: int = 0  # first VLM steps with the loss at the asked word only (needs asked_loss > 0)
+    projector_from_reader: bool = False  # after pretraining, the projector is the reader's input MLP (pretrain)
+    projector_lr_scale: float = 1.0  # the projector's learning rate in the VLM stage, x `lr` (0: frozen)
+    scene_refresh: int = 0  # VLM steps between freshly drawn scene pools (0: one pool for the whole run)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -106,6 +106,9 @@ def train(cfg: TinyVLMConfig, *, pool: ScenePool | None = None, log_every: int =
     if cfg.asked_only_steps and cfg.asked_loss <= 0:
         raise ValueError(f"asked_only_steps ({cfg.asked_only_steps}) trains the loss at the asked word alone: it needs "
                          f"asked_loss > 0 (got {cfg.asked_loss}); set asked_loss, or asked_only_steps=0")
+    if cfg.projector_from_reader and not cfg.pretrain_steps:
+        raise ValueError("projector_from_reader copies the pretraining stage's reader: it needs pretrain_steps > 0 "
+                         "(got 0); set pretrain_steps, or projector_from_reader=false")
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     start = time.time()
@@ -122,14 +125,17 @@ def train(cfg: TinyVLMConfig, *, pool: ScenePool | None = None, log_every: int =
     mix = TrainingMix(pool, cfg, shapes)
     label_ids = {c: tok.convert_tokens_to_ids(c) for c in COLOURS + SHAPES}
     aux = _Aux(model, cfg) if cfg.aux_weight > 0 else None
-    params = list(model.parameters()) + (list(aux.head.parameters()) if aux else [])
-    opt = torch.optim.AdamW(_param_groups(model, aux, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
+    groups = _param_groups(model, aux, cfg)
+    params = [p for group in groups for p in group["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             betas=(0.9, 0.98))
     model.train()
     history, running = [], []
     it = batches(mix, cfg.batch_size)
     bar = tqdm(range(cfg.steps), desc="training", disable=not progress, mininterval=5)
     for step in bar:
+        if cfg.scene_refresh and step and step % cfg.scene_refresh == 0:
+            mix.refresh(step // cfg.scene_refresh, patch=cfg.patch_size if cfg.aux_weight > 0 else None)
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg) * group["scale"]
         opt.zero_grad(set_to_none=True)
@@ -155,16 +161,19 @@ def train(cfg: TinyVLMConfig, *, pool: ScenePool | None = None, log_every: int =
 
 
 def _param_groups(model: Any, aux: Any, cfg: TinyVLMConfig) -> list[dict[str, Any]]:
-    """The optimiser's groups: the vision tower at `tower_lr_scale` x the learning rate, the rest at 1x.
-    With `tower_lr_scale` = 0 the tower is frozen instead (no gradients: its backward is skipped;
-    `train` turns them back on at the end)."""
-    tower = {id(p) for p in model.model.vision_tower.parameters()}
-    rest = [p for p in model.parameters() if id(p) not in tower] + (list(aux.head.parameters()) if aux else [])
-    if cfg.tower_lr_scale == 0:
-        model.model.vision_tower.requires_grad_(False)
-        return [{"params": rest, "scale": 1.0}]
-    return [{"params": [p for p in model.parameters() if id(p) in tower], "scale": cfg.tower_lr_scale},
-            {"params": rest, "scale": 1.0}]
+    """The optimiser's groups: the vision tower at `tower_lr_scale` x the learning rate, the
+    projector at `projector_lr_scale` x, the rest at 1x. A part whose scale is 0 is frozen instead
+    (no gradients: the tower's backward is then skipped; `train` turns them back on at the end)."""
+    parts = ((model.model.vision_tower, cfg.tower_lr_scale), (model.model.multi_modal_projector, cfg.projector_lr_scale))
+    scaled = {id(p) for module, _ in parts for p in module.parameters()}
+    groups = []
+    for module, scale in parts:
+        if scale == 0:
+            module.requires_grad_(False)
+        else:
+            groups.append({"params": list(module.parameters()), "scale": scale})
+    rest = [p for p in model.parameters() if id(p) not in scaled] + (list(aux.head.parameters()) if aux else [])
+    return groups + [{"params": rest, "scale": 1.0}]
 
 
 def _pretrain_progress(progress: bool):
