@@ -1,6 +1,7 @@
 """Train the small LLaVA shipped in data/tiny_vlm, evaluate it on held-out cases, write its card.
 
     python experiments/train_tiny_vlm.py                      # the shipped recipe (~20 min, 2 cores)
+    python experiments/train_tiny_vlm.py --out /tmp/m --recipe deep   # the 8-layer candidate (~55 min)
     python experiments/train_tiny_vlm.py --out /tmp/m --steps 200 --seed 1
     python experiments/train_tiny_vlm.py --metrics-only data/tiny_vlm
 
@@ -23,7 +24,10 @@ import torch
 
 from hooks.interventions import INSTRUCTION_PLACEMENTS
 from hooks.loading import load_vlm
-from modality_lens.tiny_vlm import DEFAULT_DIR, INSTRUCTIONS, TinyVLMConfig, evaluate, save, train
+from modality_lens.tiny_vlm import (DEEP_RECIPE, DEFAULT_DIR, INSTRUCTIONS, SHIPPED_RECIPE, TinyVLMConfig, evaluate,
+                                    save, train)
+
+RECIPES = {"shipped": SHIPPED_RECIPE, "deep": DEEP_RECIPE, "base": {}}
 
 
 def metrics_table(m: dict) -> str:
@@ -108,9 +112,9 @@ known, not to draw conclusions about large models.
 ## Recipe
 
 - seed {seed}; {steps} steps of batch {batch_size}; AdamW (lr {lr}, {warmup} warm-up steps, cosine
-  decay to 5%, weight decay {weight_decay}); loss: cross-entropy of the answer token only.
+  decay to 5%, weight decay {weight_decay}); loss: cross-entropy of the answer token{loss_where}.
 - wall time {wall_min:.1f} min on {threads} CPU threads ({machine}); torch {torch}.
-- reproduce: `python experiments/train_tiny_vlm.py --seed {seed} --steps {steps}`. The weights come
+- reproduce: `{reproduce}`. The weights come
   out identical for the same torch build, thread count and machine; elsewhere float rounding can
   differ from the first steps and the result is another draw of the same recipe (docs/interventions.md
   has one retrain's numbers).
@@ -175,7 +179,8 @@ def write_card(out: Path, cfg: TinyVLMConfig, log: dict, m: dict, eval_seed: int
         attention="" if cfg.local_layers <= 0 else (
             f"`Qwen2`, the first {'layer' if cfg.local_layers == 1 else f'{cfg.local_layers} layers'} attending "
             f"only to the last {cfg.local_window} tokens; "),
-        skills_block=skills_text(cfg), layers_block=layers_text(cfg), vision_limits=vision_limits(m, eval_n),
+        skills_block=skills_text(cfg), reproduce=reproduce_command(cfg),
+        loss_where=" only" if cfg.asked_loss <= 0 else " (and at the asked word: below)", layers_block=layers_text(cfg), vision_limits=vision_limits(m, eval_n),
         distractor_block="" if cfg.text_distractor_share <= 0 else (
             f"- In {cfg.text_distractor_share:.0%} of all contexts (of every kind) one more sentence, before or "
             "after,\n  gives another shape another colour, so that the stated colour must be matched to the asked "
@@ -183,6 +188,24 @@ def write_card(out: Path, cfg: TinyVLMConfig, log: dict, m: dict, eval_seed: int
     )
     (out / "MODEL_CARD.md").write_text(text)
     return text
+
+
+def reproduce_command(cfg: TinyVLMConfig) -> str:
+    """The command that trains `cfg`: the shipped recipe plus a `--set` per field that differs
+    (`--recipe deep` and the fields that differ from it, when that is shorter)."""
+    commands = []
+    for name in ("shipped", "deep"):
+        start = TinyVLMConfig(**RECIPES[name])
+        sets = [f"--set {f.name}={_flag_value(getattr(cfg, f.name))}" for f in dataclasses.fields(cfg)
+                if getattr(cfg, f.name) != getattr(start, f.name)]
+        commands.append(" ".join(["python experiments/train_tiny_vlm.py", *(["--recipe", name] if name != "shipped"
+                                                                              else []), *sets]))
+    return min(commands, key=len)
+
+
+def _flag_value(value: object) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value).lower() if isinstance(
+        value, bool) else str(value)
 
 
 def skills_text(cfg: TinyVLMConfig) -> str:
@@ -314,47 +337,58 @@ def config_override(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"{text!r}: {raw!r} is not of type {type(default).__name__}") from None
 
 
+def config_from_args(args: argparse.Namespace) -> TinyVLMConfig:
+    """The recipe named by `--recipe`, then the options given, then `--set` (in that order)."""
+    fields = {f.name for f in dataclasses.fields(TinyVLMConfig)}
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if k in fields and v is not None}
+    return dataclasses.replace(TinyVLMConfig(**{**RECIPES[args.recipe], **given}), **dict(args.set))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
-    parser.add_argument("--seed", type=int, default=TinyVLMConfig.seed)
-    parser.add_argument("--steps", type=int, default=TinyVLMConfig.steps)
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="shipped",
+                        help="the settings to start from: 'shipped' (data/tiny_vlm's, SHIPPED_RECIPE), 'deep' (the "
+                             "8-layer candidate, DEEP_RECIPE) or 'base' (TinyVLMConfig's defaults); the options below "
+                             "and --set change them")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--instruction-placement", choices=INSTRUCTION_PLACEMENTS,
-                        default=TinyVLMConfig.instruction_placement,
+                        default=None,
                         help="where instructed training examples carry their instruction (default: after the question)")
-    parser.add_argument("--text-layers", type=int, default=TinyVLMConfig.text_layers,
+    parser.add_argument("--text-layers", type=int, default=None,
                         help="decoder layers of the language model")
     parser.add_argument("--text-reliability", type=float, nargs="+", default=None, metavar="P",
                         help="P(the context states the true colour) per text tier (default: TEXT_RELIABILITY)")
-    parser.add_argument("--conflict-share", type=float, default=TinyVLMConfig.conflict_share,
+    parser.add_argument("--conflict-share", type=float, default=None,
                         help="share of uninstructed conflict examples (image + a context stating a wrong colour)")
     parser.add_argument("--text-prior", type=float, nargs="+", default=None, metavar="P",
                         help="P(a conflict example is labelled with the text's colour) per text tier")
-    parser.add_argument("--text-distractor-share", type=float, default=TinyVLMConfig.text_distractor_share,
+    parser.add_argument("--text-distractor-share", type=float, default=None,
                         help="share of training contexts with one more sentence giving another shape another colour")
-    parser.add_argument("--local-layers", type=int, default=TinyVLMConfig.local_layers,
+    parser.add_argument("--local-layers", type=int, default=None,
                         help="first decoder layers with sliding-window attention (a Qwen2 language model then)")
-    parser.add_argument("--local-window", type=int, default=TinyVLMConfig.local_window,
+    parser.add_argument("--local-window", type=int, default=None,
                         help="the window of the local layers, in tokens")
-    parser.add_argument("--vision-hidden", type=int, default=TinyVLMConfig.vision_hidden, help="vision tower width")
-    parser.add_argument("--vision-layers", type=int, default=TinyVLMConfig.vision_layers, help="vision tower layers")
-    parser.add_argument("--read-share", type=float, default=TinyVLMConfig.read_share,
+    parser.add_argument("--vision-hidden", type=int, default=None, help="vision tower width")
+    parser.add_argument("--vision-layers", type=int, default=None, help="vision tower layers")
+    parser.add_argument("--read-share", type=float, default=None,
                         help="share of reading examples (rendered words, contexts, scenes with a sign)")
-    parser.add_argument("--shape-share", type=float, default=TinyVLMConfig.shape_share,
+    parser.add_argument("--shape-share", type=float, default=None,
                         help="share of shape-task examples (needs --n-shape-scenes)")
-    parser.add_argument("--aux-weight", type=float, default=TinyVLMConfig.aux_weight,
+    parser.add_argument("--aux-weight", type=float, default=None,
                         help="weight of the tower's auxiliary patch loss during training (0: off)")
-    parser.add_argument("--n-shape-scenes", type=int, default=TinyVLMConfig.n_shape_scenes,
+    parser.add_argument("--n-shape-scenes", type=int, default=None,
                         help="pre-drawn shape-set scenes for the shape task")
-    parser.add_argument("--n-scenes", type=int, default=TinyVLMConfig.n_scenes,
+    parser.add_argument("--n-scenes", type=int, default=None,
                         help="pre-drawn colour scenes of the training pool")
-    parser.add_argument("--threads", type=int, default=TinyVLMConfig.threads,
+    parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (the weights are reproducible for the same thread count)")
-    parser.add_argument("--pretrain-steps", type=int, default=TinyVLMConfig.pretrain_steps,
+    parser.add_argument("--pretrain-steps", type=int, default=None,
                         help="steps of the vision tower's pretraining stage before the VLM's (0: none)")
-    parser.add_argument("--pretrain-aux", type=float, default=TinyVLMConfig.pretrain_aux,
+    parser.add_argument("--pretrain-aux", type=float, default=None,
                         help="weight of the patch loss in the pretraining stage (0: off)")
-    parser.add_argument("--tower-lr-scale", type=float, default=TinyVLMConfig.tower_lr_scale,
+    parser.add_argument("--tower-lr-scale", type=float, default=None,
                         help="the tower's learning rate in the VLM stage, as a multiple of the others'")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", type=config_override,
                         help="any other TinyVLMConfig field (repeatable), e.g. --set lr=5e-4 "
@@ -389,18 +423,7 @@ def main(argv: list[str] | None = None) -> int:
                 json.dumps({**record, "metrics": m}, indent=2, sort_keys=True) + "\n")
             write_card(args.metrics_only, cfg, record["log"], m, args.eval_seed, args.eval_n)
         return 0
-    cfg = TinyVLMConfig(seed=args.seed, steps=args.steps, instruction_placement=args.instruction_placement,
-                        text_layers=args.text_layers,
-                        text_reliability=tuple(args.text_reliability or TinyVLMConfig.text_reliability),
-                        conflict_share=args.conflict_share,
-                        text_prior=tuple(args.text_prior or TinyVLMConfig.text_prior),
-                        text_distractor_share=args.text_distractor_share, local_layers=args.local_layers,
-                        local_window=args.local_window, vision_hidden=args.vision_hidden,
-                        vision_layers=args.vision_layers, read_share=args.read_share, shape_share=args.shape_share,
-                        n_shape_scenes=args.n_shape_scenes, aux_weight=args.aux_weight,
-                        threads=args.threads, n_scenes=args.n_scenes, pretrain_steps=args.pretrain_steps, pretrain_aux=args.pretrain_aux,
-                        tower_lr_scale=args.tower_lr_scale)
-    cfg = dataclasses.replace(cfg, **dict(args.set))
+    cfg = config_from_args(args)
     start = time.time()
     model, processor, log = train(cfg)
     save(model, processor, args.out, metadata={"config": cfg.to_dict(), "log": log})

@@ -142,3 +142,32 @@ def test_train_script_sets_any_config_field_with_its_type():
         done = subprocess.run([sys.executable, str(REPO / "experiments" / "train_tiny_vlm.py"), "--set", bad],
                               capture_output=True, text=True, timeout=HANG_GUARD_S)
         assert done.returncode == 2 and says in done.stderr, done.stderr
+
+
+def test_train_script_starts_from_the_shipped_recipe_and_its_card_command_reproduces_a_config():
+    """No option: SHIPPED_RECIPE (the recipe data/tiny_vlm's training.json records); `--recipe
+    deep` / `base`: DEEP_RECIPE / TinyVLMConfig's defaults; options and --set on top. The card's
+    reproduce command, parsed again, gives back the config it was written for."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    try:
+        from train_tiny_vlm import build_parser, config_from_args, read_record, reproduce_command
+    finally:
+        sys.path.remove(str(REPO / "experiments"))
+    from modality_lens.tiny_vlm import DEEP_RECIPE, DEFAULT_DIR, SHIPPED_RECIPE, TinyVLMConfig
+
+    parse = lambda argv: config_from_args(build_parser().parse_args(argv))  # noqa: E731
+    shipped = TinyVLMConfig(**SHIPPED_RECIPE)
+    assert parse([]) == shipped == read_record(DEFAULT_DIR)[1] and parse(["--recipe", "base"]) == TinyVLMConfig()
+    deep = TinyVLMConfig(**DEEP_RECIPE)
+    assert parse(["--recipe", "deep"]) == deep and deep.text_layers == 8
+    assert parse(["--recipe", "base", "--steps", "7", "--text-reliability", "0.9", "0.8", "0.7", "0.6"]) == \
+        TinyVLMConfig(steps=7, text_reliability=(0.9, 0.8, 0.7, 0.6))
+    assert parse(["--text-layers", "6", "--set", "text_layers=5"]).text_layers == 5  # --set comes last
+    other = TinyVLMConfig(**{**DEEP_RECIPE, "seed": 3, "mix": (0.6, 0.2, 0.2), "projector_from_reader": False,
+                             "instruction_placement": "question", "lr": 5e-4})
+    for cfg in (shipped, deep, other, TinyVLMConfig(), TinyVLMConfig(seed=2, text_layers=6)):
+        command = reproduce_command(cfg).split()
+        assert command[:2] == ["python", "experiments/train_tiny_vlm.py"]
+        assert parse(command[2:]) == cfg
+    assert reproduce_command(shipped) == "python experiments/train_tiny_vlm.py"
+    assert reproduce_command(deep) == "python experiments/train_tiny_vlm.py --recipe deep"

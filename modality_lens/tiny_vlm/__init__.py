@@ -18,12 +18,13 @@ training, the shipped recipe's numbers): docs/datasets.md, "Training the shipped
 measured"; the shipped checkpoint's own metrics are in data/tiny_vlm/MODEL_CARD.md.
 """
 
-from modality_lens.tiny_vlm.recipe import (DEFAULT_DIR, EXTRA_WORDS, INSTRUCTIONS, SPECIALS, TEXT_RELIABILITY,
-                                           TinyVLMConfig, build_model, build_processor, build_tokenizer)
+from modality_lens.tiny_vlm.recipe import (DEEP_RECIPE, DEFAULT_DIR, EXTRA_WORDS, INSTRUCTIONS, SHIPPED_RECIPE, SPECIALS,
+                                           TEXT_RELIABILITY, TinyVLMConfig, build_model, build_processor,
+                                           build_tokenizer)
 from modality_lens.tiny_vlm.mix import Example, ScenePool, TrainingMix
 from modality_lens.tiny_vlm.train import batches, save, train
 from modality_lens.tiny_vlm.evaluate import evaluate, instruction_following
 
-__all__ = ["TinyVLMConfig", "TEXT_RELIABILITY", "INSTRUCTIONS", "EXTRA_WORDS", "SPECIALS", "DEFAULT_DIR",
+__all__ = ["TinyVLMConfig", "SHIPPED_RECIPE", "DEEP_RECIPE", "TEXT_RELIABILITY", "INSTRUCTIONS", "EXTRA_WORDS", "SPECIALS", "DEFAULT_DIR",
            "build_tokenizer", "build_processor", "build_model", "ScenePool", "Example", "TrainingMix", "batches",
            "train", "save", "evaluate", "instruction_following"]

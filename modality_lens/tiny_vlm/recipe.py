@@ -31,7 +31,7 @@ from hooks.interventions import DEFAULT_PLACEMENT
 from hooks.tiny import chat_template
 from interp.datasets.text import vocabulary
 
-__all__ = ["TinyVLMConfig", "DEFAULT_DIR", "TEXT_RELIABILITY", "EXTRA_WORDS", "INSTRUCTIONS", "SPECIALS",
+__all__ = ["TinyVLMConfig", "SHIPPED_RECIPE", "DEEP_RECIPE", "DEFAULT_DIR", "TEXT_RELIABILITY", "EXTRA_WORDS", "INSTRUCTIONS", "SPECIALS",
            "build_tokenizer", "build_processor", "build_model"]
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "data" / "tiny_vlm"
@@ -100,6 +100,20 @@ class TinyVLMConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+SHIPPED_RECIPE: dict[str, Any] = {}
+"""The settings of `data/tiny_vlm` that differ from `TinyVLMConfig`'s defaults: none today (the
+defaults are its recipe); `experiments/train_tiny_vlm.py` starts from these."""
+
+DEEP_RECIPE: dict[str, Any] = dict(
+    text_layers=8, vision_hidden=128, vision_layers=4, steps=2000, n_scenes=24000,
+    read_share=0.1, shape_share=0.2, n_shape_scenes=8000,
+    pretrain_steps=3000, pretrain_aux=1.0, tower_lr_scale=0.0, projector_from_reader=True, projector_lr_scale=0.0,
+    asked_loss=1.0, asked_only_steps=300, scene_refresh=700,
+)
+"""The deeper candidate of 2026-12-02 (`train_tiny_vlm.py --recipe deep`; not shipped: what it
+measured is in docs/datasets.md, "A deeper model that reads and knows shapes")."""
 
 
 def build_tokenizer() -> T.PreTrainedTokenizerFast:
