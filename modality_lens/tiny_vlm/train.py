@@ -14,6 +14,12 @@ attention hops from the image (the asked word, then the object that wears it), a
 model trained at the answer position alone stays at the colour-of-some-object level even on
 ideal image tokens, while at the asked word (one hop) it learns the binding in a few hundred
 steps. Off in the shipped recipe.
+
+`tower_lr_scale` and `projector_lr_scale` set the learning rate of the vision tower and of the
+projector as multiples of `lr`; 0 freezes the part (`_param_groups`). `scene_refresh` > 0 draws
+new scene pools of the same sizes every that many steps (`TrainingMix.refresh`), so that a long
+run does not see the same scenes again and again. `DEEP_RECIPE` uses all of these; the shipped
+recipe none.
 """
 
 from __future__ import annotations
