@@ -1,0 +1,254 @@
+"""The training stages of the small VLM beyond its mix: the auxiliary head, the tower's
+pretraining stage, the per-part learning rates, the asked word's loss, the reader's projector,
+fresh pools and the word renderings (tests/test_tiny_vlm.py has the mix and the shipped model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hooks.loading import load_vlm
+from modality_lens.tiny_vlm import ScenePool, TinyVLMConfig, TrainingMix, build_model, save, train
+from modality_lens.tiny_vlm.reading import READ_QUESTION, ShapePool
+from tests.test_tiny_vlm import TINY
+
+
+def test_the_auxiliary_head_trains_the_tower_and_is_not_saved(tmp_path):
+    cfg = TinyVLMConfig(**{**TINY, "aux_weight": 1.0, "vision_layers": 2})
+    with_aux, processor, _ = train(cfg, progress=False)
+    plain, _, _ = train(TinyVLMConfig(**{**TINY, "vision_layers": 2}), progress=False)
+    assert with_aux.state_dict().keys() == plain.state_dict().keys()  # a stock model: no head in it
+    tower = [p for n, p in with_aux.named_parameters() if "vision_tower" in n]
+    assert not all(torch.equal(a, b) for a, b in zip(tower, [p for n, p in plain.named_parameters()
+                                                             if "vision_tower" in n]))
+    hooks = [h for layer in with_aux.model.vision_tower.encoder.layers for h in layer._forward_hooks.values()]
+    assert not any(getattr(h, "__name__", "") == "_keep" for h in hooks)  # the training hook is gone
+    assert load_vlm(save(with_aux, processor, tmp_path / "m")).self_check_report.ok
+
+
+def _pretrain_setup(**overrides):
+    from modality_lens.tiny_vlm.recipe import build_processor
+
+    cfg = TinyVLMConfig(**{**TINY, "vision_layers": 2, "pretrain_steps": 3, "pretrain_batch": 8,
+                           "pretrain_aux": 1.0, **overrides})
+    processor = build_processor(cfg)
+    pool = ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size, patch=cfg.patch_size)
+    shapes = ShapePool.draw(cfg.n_shape_scenes, cfg.seed, cfg.image_size, patch=cfg.patch_size)
+    return cfg, processor, pool, shapes
+
+
+def test_pretraining_moves_only_the_tower_and_is_deterministic():
+    from modality_lens.tiny_vlm.pretrain import pretrain_tower
+
+    cfg, processor, pool, shapes = _pretrain_setup()
+    runs = []
+    for _ in range(2):
+        model = build_model(cfg, len(processor.tokenizer))
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        log = pretrain_tower(model, processor, cfg, pool, shapes, log_every=1)
+        runs.append((model, log))
+        moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+        assert moved and all(".vision_tower." in f".{n}" for n in moved), sorted(moved)[:3]
+        # the tower's last layer is not read (vision_feature_layer = -2) and gets no gradient
+        assert not any(f"layers.{cfg.vision_layers - 1}." in n for n in moved)
+    (a, log_a), (b, log_b) = runs
+    assert [h["loss"] for h in log_a["history"]] == [h["loss"] for h in log_b["history"]]
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert a.state_dict().keys() == build_model(cfg, len(processor.tokenizer)).state_dict().keys()
+
+
+def test_pretraining_refuses_missing_pools():
+    from modality_lens.tiny_vlm.pretrain import pretrain_tower
+
+    cfg, processor, pool, shapes = _pretrain_setup()
+    model = build_model(cfg, len(processor.tokenizer))
+    with pytest.raises(ValueError, match="n_shape_scenes"):
+        pretrain_tower(model, processor, cfg, pool, None)
+    unlabelled = ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size)
+    with pytest.raises(ValueError, match="patch labels"):
+        pretrain_tower(model, processor, cfg, unlabelled, shapes)
+
+
+def test_the_tower_learns_at_its_own_rate_in_the_vlm_stage():
+    """tower_lr_scale = 0: the VLM stage leaves the tower as it was and trains everything else."""
+    cfg = TinyVLMConfig(**{**TINY, "tower_lr_scale": 0.0})
+    trained, processor, _ = train(cfg, progress=False)
+    start = dict(build_model(cfg, len(processor.tokenizer)).named_parameters())  # seeded: the initial weights
+    after = dict(trained.named_parameters())
+    tower = [n for n in after if "vision_tower" in n]
+    assert tower and all(torch.equal(after[n], start[n]) for n in tower)
+    assert not torch.equal(after["lm_head.weight"], start["lm_head.weight"])
+    assert all(p.requires_grad for p in trained.parameters())  # frozen for the stage only
+
+
+def test_training_words_never_take_the_evaluation_tier0_sizes(monkeypatch):
+    """The pixel sizes `word_image` draws words at (recorded from its calls to `fit_text`) never
+    include one that `word_image_tier0` uses for the same word and font at the evaluation's
+    scales; they still span from 6 px to above the largest tier-0 size."""
+    from interp.datasets.drawing import COLOURS
+    from modality_lens.tiny_vlm import reading
+
+    calls: list[tuple[str, str, int]] = []
+    real = reading.fit_text
+
+    def recording(text, size, *, font="sans", max_pixels=None, **kw):
+        calls.append((text, font, max_pixels))
+        return real(text, size, font=font, max_pixels=max_pixels, **kw)
+
+    monkeypatch.setattr(reading, "fit_text", recording)
+    evaluated = {}
+    for word in COLOURS:
+        for font in reading.FONT_NAMES:
+            for scale in reading.TIER0_SCALES:
+                calls.clear()
+                reading.word_image_tier0(word, 64, font, scale)
+                evaluated.setdefault((word, font), set()).add(calls[-1][2])
+    calls.clear()
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        reading.word_image(COLOURS[int(rng.integers(len(COLOURS)))], 64, rng)
+    drawn: dict = {}
+    for word, font, pixels in calls:
+        drawn.setdefault((word, font), set()).add(pixels)
+    assert len(drawn) == len(evaluated) == 18
+    for key, sizes in drawn.items():
+        assert not sizes & evaluated[key], key
+        assert min(sizes) <= 7 and max(sizes) > max(evaluated[key]), (key, sorted(sizes))
+
+
+def test_the_asked_word_is_found_in_the_question_not_in_the_context():
+    """`asked_positions` points at the question's shape (colour) word: the token there is the asked
+    word and what follows it is the rest of the question and the template, tokenized on its own;
+    a context that names the same shape earlier does not move it; no asked word gives -1."""
+    from hooks.prompts import render_prompt
+    from interp.datasets.text import COLOUR_QUESTION, INSTRUCTION, SHAPE_QUESTION
+    from modality_lens.tiny_vlm.mix import Example
+    from modality_lens.tiny_vlm.recipe import build_processor
+    from modality_lens.tiny_vlm.train import _encode, asked_positions
+
+    processor = build_processor(TinyVLMConfig(**TINY))
+    tok = processor.tokenizer
+    image = ScenePool.draw(1, 0, 64).images[0]
+    colour_q = f"{COLOUR_QUESTION.format(shape='circle')} {INSTRUCTION}"
+    examples = [
+        Example("both", colour_q, "The circle is red. The square is blue.", image, "red"),
+        Example("vision", f"{SHAPE_QUESTION.format(colour='green')} {INSTRUCTION}", None, image, "star"),
+        Example("read", f"{READ_QUESTION} {INSTRUCTION}", None, image, "red"),
+        Example("instructed", f"{colour_q} use the text to answer .", "The circle is red.", image, "red"),
+    ]
+    inputs = _encode(processor, examples)
+    where = asked_positions(processor, examples, inputs["input_ids"], "end").tolist()
+    assert where[2] == where[3] == -1
+    assert asked_positions(processor, examples[3:], _encode(processor, examples[3:])["input_ids"], "start")[0] >= 0
+    for k, word, rest in ((0, "circle", colour_q.split("circle", 1)[1]), (1, "green", examples[1].question.split("green", 1)[1])):
+        row = inputs["input_ids"][k]
+        assert tok.convert_ids_to_tokens(int(row[where[k]])) == word
+        tail = tok.convert_ids_to_tokens(row[where[k] + 1:].tolist())
+        expected_tail = tok.tokenize(rest) + tok.tokenize(render_prompt(processor, question="x", with_image=False)
+                                                          .rsplit("x", 1)[1])
+        assert tail == expected_tail
+    first = (inputs["input_ids"][0] == tok.convert_tokens_to_ids("circle")).nonzero().flatten().tolist()
+    assert len(first) == 2 and where[0] == first[1]  # the context's "circle" comes first
+
+
+def test_the_asked_word_loss_trains_deterministically_and_changes_the_model():
+    cfg = TinyVLMConfig(**{**TINY, "asked_loss": 1.0, "asked_only_steps": 1})
+    pool = ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size)
+    a, _, log_a = train(cfg, pool=pool, progress=False, log_every=1)
+    b, _, log_b = train(cfg, pool=pool, progress=False, log_every=1)
+    assert [h["loss"] for h in log_a["history"]] == [h["loss"] for h in log_b["history"]]
+    assert torch.equal(a.lm_head.weight, b.lm_head.weight)
+    plain, _, _ = train(TinyVLMConfig(**TINY), pool=pool, progress=False)
+    assert not torch.equal(plain.lm_head.weight, a.lm_head.weight)
+    with pytest.raises(ValueError, match="asked_loss > 0"):
+        train(TinyVLMConfig(**{**TINY, "asked_only_steps": 5}), pool=pool, progress=False)
+
+
+def test_the_projector_copied_from_the_reader_computes_the_readers_mlp():
+    """copy_reader_projector: the projector's output equals the reader's input MLP on the same
+    states (nn.Sequential against the HF module); a reader of another width is refused."""
+    from modality_lens.tiny_vlm.pretrain import Reader, copy_reader_projector
+
+    cfg = TinyVLMConfig(**TINY)
+    model = build_model(cfg, 40)
+    torch.manual_seed(3)
+    reader = Reader(cfg.vision_hidden, dim=cfg.text_hidden)
+    states = torch.randn(2, 5, cfg.vision_hidden)
+    assert not torch.allclose(model.model.multi_modal_projector(states), reader.proj(states))
+    copy_reader_projector(reader, model)
+    torch.testing.assert_close(model.model.multi_modal_projector(states), reader.proj(states), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="text width"):
+        copy_reader_projector(Reader(cfg.vision_hidden, dim=cfg.text_hidden * 2), model)
+
+
+def test_a_frozen_projector_from_the_reader_stays_as_pretraining_left_it():
+    """projector_from_reader + projector_lr_scale = 0: after the VLM stage the projector still
+    equals the one the pretraining stage wrote (run alone on the same seed), the tower likewise
+    with tower_lr_scale = 0, while the language model moved."""
+    from modality_lens.tiny_vlm.pretrain import pretrain_tower
+
+    cfg, processor, pool, shapes = _pretrain_setup(projector_from_reader=True, projector_lr_scale=0.0,
+                                                   tower_lr_scale=0.0)
+    model = build_model(cfg, len(processor.tokenizer))
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    pretrain_tower(model, processor, cfg, pool, shapes)
+    pretrained = {n: p.detach().clone() for n, p in model.named_parameters()}
+    projector = [n for n in pretrained if "multi_modal_projector" in n]
+    assert projector and all(not torch.equal(pretrained[n], initial[n]) for n in projector)
+    trained, _, _ = train(cfg, pool=pool, progress=False)
+    after = dict(trained.named_parameters())
+    frozen = [n for n in after if "multi_modal_projector" in n or "vision_tower" in n]
+    assert all(torch.equal(after[n], pretrained[n]) for n in frozen)
+    assert not torch.equal(after["lm_head.weight"], pretrained["lm_head.weight"])
+    with pytest.raises(ValueError, match="pretrain_steps > 0"):
+        train(TinyVLMConfig(**{**TINY, "projector_from_reader": True}), pool=pool, progress=False)
+
+
+def test_refreshed_scene_pools_are_new_scenes_and_reproducible():
+    """TrainingMix.refresh(k): pools of the same sizes, other scenes than the first pool's, the
+    same scenes for the same k; stream 0 is the pool drawn without a stream."""
+    cfg = TinyVLMConfig(**TINY)
+    pool = ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size)
+    assert all(a.tobytes() == b.tobytes() for a, b in
+               zip(pool.images, ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size, stream=0).images))
+    shapes = ShapePool.draw(cfg.n_shape_scenes, cfg.seed, cfg.image_size)
+    mixes = [TrainingMix(pool, cfg, shapes) for _ in range(2)]
+    for mix in mixes:
+        mix.refresh(1)
+    a, b = mixes
+    assert len(a.pool) == len(pool) and len(a.shapes) == len(shapes)
+    assert [x.tobytes() for x in a.pool.images] == [x.tobytes() for x in b.pool.images]
+    assert [x.tobytes() for x in a.shapes.images] == [x.tobytes() for x in b.shapes.images]
+    old = {x.tobytes() for x in pool.images}
+    assert not old & {x.tobytes() for x in a.pool.images}
+    assert not {x.tobytes() for x in shapes.images} & {x.tobytes() for x in a.shapes.images}
+    # the refreshed pool's records describe its own scenes: tiers in turn as before
+    assert list(a.pool.visual_tier) == list(pool.visual_tier)
+    cfg_refresh = TinyVLMConfig(**{**TINY, "steps": 4, "scene_refresh": 2})
+    m1, _, l1 = train(cfg_refresh, pool=pool, progress=False, log_every=1)
+    m2, _, l2 = train(cfg_refresh, pool=pool, progress=False, log_every=1)
+    assert [h["loss"] for h in l1["history"]] == [h["loss"] for h in l2["history"]]
+    plain, _, _ = train(TinyVLMConfig(**{**TINY, "steps": 4}), pool=pool, progress=False)
+    assert not torch.equal(plain.lm_head.weight, m1.lm_head.weight)
+
+
+def test_large_share_draws_words_from_the_upper_half_of_the_sizes(monkeypatch):
+    from interp.datasets.drawing import COLOURS
+    from interp.datasets.render import fit_pixels
+    from modality_lens.tiny_vlm import reading
+
+    calls: list[tuple[str, str, int]] = []
+    real = reading.fit_text
+
+    def recording(text, size, *, font="sans", max_pixels=None, **kw):
+        calls.append((text, font, max_pixels))
+        return real(text, size, font=font, max_pixels=max_pixels, **kw)
+
+    monkeypatch.setattr(reading, "fit_text", recording)
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        reading.word_image(COLOURS[int(rng.integers(len(COLOURS)))], 64, rng, large_share=1.0)
+    assert len(calls) == 60
+    for word, font, pixels in calls:
+        assert pixels >= fit_pixels(word, (64, 64), font=font, margin=0) // 2, (word, font, pixels)
