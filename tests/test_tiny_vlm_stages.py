@@ -82,13 +82,8 @@ def test_the_tower_learns_at_its_own_rate_in_the_vlm_stage():
     assert all(p.requires_grad for p in trained.parameters())  # frozen for the stage only
 
 
-def test_training_words_never_take_the_evaluation_tier0_sizes(monkeypatch):
-    """The pixel sizes `word_image` draws words at (recorded from its calls to `fit_text`) never
-    include one that `word_image_tier0` uses for the same word and font at the evaluation's
-    scales; they still span from 6 px to above the largest tier-0 size."""
-    from interp.datasets.drawing import COLOURS
-    from modality_lens.tiny_vlm import reading
-
+def _record_fit_text(monkeypatch, reading) -> list[tuple[str, str, int]]:
+    """(text, font, max_pixels) of every later call to `reading.fit_text`, in order."""
     calls: list[tuple[str, str, int]] = []
     real = reading.fit_text
 
@@ -97,6 +92,17 @@ def test_training_words_never_take_the_evaluation_tier0_sizes(monkeypatch):
         return real(text, size, font=font, max_pixels=max_pixels, **kw)
 
     monkeypatch.setattr(reading, "fit_text", recording)
+    return calls
+
+
+def test_training_words_never_take_the_evaluation_tier0_sizes(monkeypatch):
+    """The pixel sizes `word_image` draws words at (recorded from its calls to `fit_text`) never
+    include one that `word_image_tier0` uses for the same word and font at the evaluation's
+    scales; they still span from 6 px to above the largest tier-0 size."""
+    from interp.datasets.drawing import COLOURS
+    from modality_lens.tiny_vlm import reading
+
+    calls = _record_fit_text(monkeypatch, reading)
     evaluated = {}
     for word in COLOURS:
         for font in reading.FONT_NAMES:
@@ -238,14 +244,7 @@ def test_large_share_draws_words_from_the_upper_half_of_the_sizes(monkeypatch):
     from interp.datasets.render import fit_pixels
     from modality_lens.tiny_vlm import reading
 
-    calls: list[tuple[str, str, int]] = []
-    real = reading.fit_text
-
-    def recording(text, size, *, font="sans", max_pixels=None, **kw):
-        calls.append((text, font, max_pixels))
-        return real(text, size, font=font, max_pixels=max_pixels, **kw)
-
-    monkeypatch.setattr(reading, "fit_text", recording)
+    calls = _record_fit_text(monkeypatch, reading)
     rng = np.random.default_rng(1)
     for _ in range(60):
         reading.word_image(COLOURS[int(rng.integers(len(COLOURS)))], 64, rng, large_share=1.0)
