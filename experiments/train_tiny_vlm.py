@@ -180,7 +180,8 @@ def write_card(out: Path, cfg: TinyVLMConfig, log: dict, m: dict, eval_seed: int
             f"`Qwen2`, the first {'layer' if cfg.local_layers == 1 else f'{cfg.local_layers} layers'} attending "
             f"only to the last {cfg.local_window} tokens; "),
         skills_block=skills_text(cfg), reproduce=reproduce_command(cfg),
-        loss_where=" only" if cfg.asked_loss <= 0 else " (and at the asked word: below)", layers_block=layers_text(cfg), vision_limits=vision_limits(m, eval_n),
+        loss_where=" only" if cfg.asked_loss <= 0 else " (and at the asked word: below)",
+        layers_block=layers_text(cfg), vision_limits=vision_limits(m, eval_n),
         distractor_block="" if cfg.text_distractor_share <= 0 else (
             f"- In {cfg.text_distractor_share:.0%} of all contexts (of every kind) one more sentence, before or "
             "after,\n  gives another shape another colour, so that the stated colour must be matched to the asked "
@@ -224,7 +225,7 @@ def skills_text(cfg: TinyVLMConfig) -> str:
                 "rendered colour word"
                 + (f", plus the patch loss of `modality_lens.tiny_vlm.aux` (weight {cfg.pretrain_aux})"
                    if cfg.pretrain_aux > 0 else "")
-                + ". In the VLM\n  stage the tower then "
+                + ". In the VLM\n  stage the tower "
                 + ("is frozen" if cfg.tower_lr_scale == 0 else f"learns at {cfg.tower_lr_scale} x the learning rate")
                 + (". The projector starts as the reader's input MLP (the reader's width is the language\n  model's) "
                    "and " + ("stays frozen" if cfg.projector_lr_scale == 0 else

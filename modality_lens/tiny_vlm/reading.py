@@ -8,9 +8,9 @@ shipped recipe: docs/datasets.md has what a model trained with them measured):
   pre-drawn like the colour scenes; the question asks the shape of the object of one colour.
 - **a rendered word** (`word_image`): a colour word in black (15%: in another palette colour,
   so that the ink is no cue to the answer) in one of the three fonts, at a random pixel size
-  from 6 to the largest that fits (half of them: from half the largest up; a model trained on
-  the uniform sizes read the evaluation's large centred words at 30%), centred (half of
-  them) or anywhere on the canvas; the
+  from 6 to the largest that fits (half of them: from half the largest up; the run trained on
+  uniform sizes read the evaluation's tier-0 words at 30%, the next one with this at 61%),
+  centred (half of them) or anywhere on the canvas; the
   question is `READ_QUESTION` and the label the word. The pixel sizes of the evaluation's
   tier-0 renderings (`word_image_tier0` at `TIER0_SCALES`) are never drawn, so the held-out
   tier-0 check reads images training never showed.
@@ -70,8 +70,9 @@ class ShapePool:
             tier = i % len(SHAPE_TIERS)
             s, s_abs = rng.choice(len(SHAPES), 2, replace=False)
             c, c_abs = rng.choice(len(COLOURS), 2, replace=False)
-            scene = draw_shape_scene(tier, SHAPES[s], COLOURS[c], SHAPES[s_abs], np.random.default_rng([seed, 19, i, *extra]),
-                                     image_size, absent_colours=(COLOURS[c_abs],))
+            scene = draw_shape_scene(tier, SHAPES[s], COLOURS[c], SHAPES[s_abs],
+                                     np.random.default_rng([seed, 19, i, *extra]), image_size,
+                                     absent_colours=(COLOURS[c_abs],))
             images.append(scene.image)
             ts.append(s), tc.append(c), ash.append(s_abs), ac.append(c_abs), vt.append(tier)
             if patch:

@@ -31,8 +31,8 @@ from hooks.interventions import DEFAULT_PLACEMENT
 from hooks.tiny import chat_template
 from interp.datasets.text import vocabulary
 
-__all__ = ["TinyVLMConfig", "SHIPPED_RECIPE", "DEEP_RECIPE", "DEFAULT_DIR", "TEXT_RELIABILITY", "EXTRA_WORDS", "INSTRUCTIONS", "SPECIALS",
-           "build_tokenizer", "build_processor", "build_model"]
+__all__ = ["TinyVLMConfig", "SHIPPED_RECIPE", "DEEP_RECIPE", "DEFAULT_DIR", "TEXT_RELIABILITY", "EXTRA_WORDS",
+           "INSTRUCTIONS", "SPECIALS", "build_tokenizer", "build_processor", "build_model"]
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "data" / "tiny_vlm"
 
