@@ -205,8 +205,10 @@ def reproduce_command(cfg: TinyVLMConfig) -> str:
 
 
 def _flag_value(value: object) -> str:
-    return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value).lower() if isinstance(
-        value, bool) else str(value)
+    """`value` as `config_override` parses it back: a tuple comma-separated, a bool lower-case."""
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def skills_text(cfg: TinyVLMConfig) -> str:

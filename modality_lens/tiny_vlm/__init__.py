@@ -26,5 +26,5 @@ from modality_lens.tiny_vlm.train import batches, save, train
 from modality_lens.tiny_vlm.evaluate import evaluate, instruction_following
 
 __all__ = ["TinyVLMConfig", "SHIPPED_RECIPE", "DEEP_RECIPE", "TEXT_RELIABILITY", "INSTRUCTIONS", "EXTRA_WORDS",
-           "SPECIALS", "DEFAULT_DIR", "build_tokenizer", "build_processor", "build_model", "ScenePool", "Example", "TrainingMix", "batches",
-           "train", "save", "evaluate", "instruction_following"]
+           "SPECIALS", "DEFAULT_DIR", "build_tokenizer", "build_processor", "build_model", "ScenePool", "Example",
+           "TrainingMix", "batches", "train", "save", "evaluate", "instruction_following"]
