@@ -239,7 +239,10 @@ def skills_text(cfg: TinyVLMConfig) -> str:
                 "colour is\n  the circle?\", the colour in \"What shape is the red object?\"), and for the first "
                 f"{cfg.asked_only_steps} steps\n  there only: the answer position is two attention hops from the "
                 "image (the asked word, then the\n  object that wears it) and does not learn that on its own "
-                "(docs/datasets.md, \"Two hops\").\n")
+                "(docs/datasets.md, \"Two hops\")"
+                + (". Those first steps draw\n  vision-only colour and shape questions only (`asked_only_vision`): "
+                   "the language model needs\n  about a thousand of them to read the binding from the tower's "
+                   "tokens" if cfg.asked_only_vision else "") + ".\n")
     if cfg.scene_refresh > 0:
         out += (f"- Every {cfg.scene_refresh} steps of the VLM stage the scene pools are drawn afresh (same sizes, "
                 "another random\n  stream), so the language model does not see the same scenes again and again.\n")

@@ -251,3 +251,26 @@ def test_large_share_draws_words_from_the_upper_half_of_the_sizes(monkeypatch):
     assert len(calls) == 60
     for word, font, pixels in calls:
         assert pixels >= fit_pixels(word, (64, 64), font=font, margin=0) // 2, (word, font, pixels)
+
+
+def test_the_asked_only_steps_draw_vision_only_colour_and_shape_questions():
+    """`asked_only_vision`: during the first `asked_only_steps` every example is a vision-only
+    colour or shape question (no context, no reading, no instruction), shape questions at about
+    `shape_share`; afterwards the full mix is back."""
+    from interp.datasets.drawing import COLOURS, SHAPES
+    from modality_lens.tiny_vlm.train import batches
+
+    cfg = TinyVLMConfig(**{**TINY, "n_scenes": 200, "n_shape_scenes": 40, "read_share": 0.2, "shape_share": 0.25,
+                           "asked_loss": 1.0, "asked_only_steps": 40, "asked_only_vision": True, "steps": 100})
+    pool = ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size)
+    mix = TrainingMix(pool, cfg, ShapePool.draw(cfg.n_shape_scenes, cfg.seed, cfg.image_size))
+    it = batches(mix, 50)
+    first = [e for _ in range(cfg.asked_only_steps) for part in next(it) for e in part]
+    assert len(first) == 2000
+    assert all(e.kind == "vision" and e.image is not None and e.context is None and e.preamble is None
+               for e in first)
+    shape_q = [e for e in first if e.label in SHAPES]
+    assert all(e.label in COLOURS for e in first if e not in shape_q)
+    assert abs(len(shape_q) / len(first) - cfg.shape_share) < 0.04  # binomial SE about 0.01
+    later = [e for _ in range(10) for part in next(it) for e in part]
+    assert {e.kind for e in later} >= {"text", "both", "read", "instructed"}

@@ -187,11 +187,13 @@ class TrainingMix:
         statement = text_context(0, other_shape, free[int(rng.integers(len(free)))], rng)
         return f"{statement} {context}" if rng.random() < 0.5 else f"{context} {statement}"
 
-    def sample(self, max_tier: int | None = None) -> Example:
+    def sample(self, max_tier: int | None = None, vision_only: bool = False) -> Example:
         """One example; `max_tier` restricts colour scenes to visual tiers <= max_tier (curriculum).
 
         The task is drawn first: instructed (`instructed_share`), reading (`read_share`), shape
-        (`shape_share`, when a shape pool is given), else the colour task."""
+        (`shape_share`, when a shape pool is given), else the colour task. `vision_only`
+        (`TinyVLMConfig.asked_only_vision`): a vision-only shape question (`shape_share`) or
+        else a vision-only colour question, nothing else."""
         rng, pool = self.rng, self.pool
         if max_tier is None:
             i = int(rng.integers(len(pool)))
@@ -200,6 +202,10 @@ class TrainingMix:
             i = int(allowed[rng.integers(len(allowed))])
         u = rng.random()
         cfg = self.cfg
+        if vision_only:
+            if self.shapes is not None and u < cfg.shape_share:
+                return self._shape(int(rng.integers(len(self.shapes))), kind="vision")
+            return self._colour(i, kind="vision")
         if u < cfg.instructed_share:
             return self._instructed(i)
         if u < cfg.instructed_share + cfg.read_share:
@@ -209,7 +215,12 @@ class TrainingMix:
         # drawn only when used, so that a recipe without conflict examples keeps its random stream
         if cfg.conflict_share > 0 and rng.random() < cfg.conflict_share / (1 - cfg.instructed_share):
             return self._conflict(i)
-        kind = self._kind()
+        return self._colour(i)
+
+    def _colour(self, i: int, kind: str | None = None) -> Example:
+        """Colour scene `i`'s question: vision-only, text-only or both (`kind`, else drawn)."""
+        rng, pool = self.rng, self.pool
+        kind = kind or self._kind()
         shape, true_colour = SHAPES[pool.target_shape[i]], COLOURS[pool.target_colour[i]]
         absent_shape, wrong = SHAPES[pool.absent_shape[i]], COLOURS[pool.absent_colour[i]]
         if kind == "text":  # no image: any other colour can be the wrong one
@@ -229,11 +240,12 @@ class TrainingMix:
     def _kind(self) -> str:
         return ("vision", "text", "both")[int(self.rng.choice(3, p=self.cfg.mix))]
 
-    def _shape(self, j: int) -> Example:
+    def _shape(self, j: int, kind: str | None = None) -> Example:
         """Shape-set scene `j`: "What shape is the {colour} object?", vision-only, text-only or
-        both as for the colour task; a wrong text shape is absent from the image."""
+        both as for the colour task (`kind`, else drawn); a wrong text shape is absent from the
+        image."""
         rng, sp = self.rng, self.shapes
-        kind = self._kind()
+        kind = kind or self._kind()
         true_shape, colour = SHAPES[sp.target_shape[j]], COLOURS[sp.target_colour[j]]
         wrong, absent_colour = SHAPES[sp.absent_shape[j]], COLOURS[sp.absent_colour[j]]
         question = f"{SHAPE_QUESTION.format(colour=colour)} {INSTRUCTION}"

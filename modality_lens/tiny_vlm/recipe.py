@@ -94,6 +94,7 @@ class TinyVLMConfig:
     tower_lr_scale: float = 1.0  # the tower's learning rate in the VLM stage, as a multiple of `lr`
     asked_loss: float = 0.0  # weight of the answer loss also at the asked word (train.asked_positions; 0: off)
     asked_only_steps: int = 0  # first VLM steps with the loss at the asked word only (needs asked_loss > 0)
+    asked_only_vision: bool = False  # those steps draw vision-only colour and shape questions only (mix.sample)
     projector_from_reader: bool = False  # after pretraining, the projector is the reader's input MLP (pretrain)
     projector_lr_scale: float = 1.0  # the projector's learning rate in the VLM stage, x `lr` (0: frozen)
     scene_refresh: int = 0  # VLM steps between freshly drawn scene pools (0: one pool for the whole run)
@@ -107,10 +108,10 @@ SHIPPED_RECIPE: dict[str, Any] = {}
 defaults are its recipe); `experiments/train_tiny_vlm.py` starts from these."""
 
 DEEP_RECIPE: dict[str, Any] = dict(
-    text_layers=8, vision_hidden=128, vision_layers=4, steps=2000, n_scenes=24000,
-    read_share=0.1, shape_share=0.2, n_shape_scenes=8000,
-    pretrain_steps=3000, pretrain_aux=1.0, tower_lr_scale=0.0, projector_from_reader=True, projector_lr_scale=0.0,
-    asked_loss=1.0, asked_only_steps=300, scene_refresh=700,
+    text_layers=8, vision_hidden=128, vision_layers=4, steps=2300, n_scenes=24000,
+    read_share=0.2, shape_share=0.2, n_shape_scenes=8000,
+    pretrain_steps=2500, pretrain_aux=1.0, tower_lr_scale=0.0, projector_from_reader=True, projector_lr_scale=0.0,
+    asked_loss=1.0, asked_only_steps=1000, asked_only_vision=True, scene_refresh=800,
 )
 """The deeper candidate of 2026-12-02 (`train_tiny_vlm.py --recipe deep`; not shipped: what it
 measured is in docs/datasets.md, "A deeper model that reads and knows shapes")."""

@@ -99,7 +99,8 @@ def batches(mix: TrainingMix, batch_size: int) -> Iterator[tuple[list[Example], 
     step = 0
     while True:
         max_tier = cfg.curriculum_max_tier if step < cfg.curriculum_share * cfg.steps else None
-        drawn = [mix.sample(max_tier) for _ in range(batch_size)]
+        vision_only = cfg.asked_only_vision and step < cfg.asked_only_steps
+        drawn = [mix.sample(max_tier, vision_only) for _ in range(batch_size)]
         step += 1
         yield [e for e in drawn if e.image is not None], [e for e in drawn if e.image is None]
 
