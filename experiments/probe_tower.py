@@ -5,9 +5,10 @@ reader (`modality_lens.tiny_vlm.pretrain.Reader`) on one task: asked a shape, th
 target in a colour scene of visual tiers 0-6. Every step draws new scenes unless `--pool N`
 (then N scenes are drawn once and sampled, as the VLM stage's pool is). `--aux W` adds the patch
 loss of `modality_lens.tiny_vlm.aux`. `--image-size` and `--patch-size` set the scenes'
-resolution and the tower's patches (the recipe's 64 and 8 by default). Prints the held-out
+resolution and the new tower's patches (the recipe's 64 and 8 by default). Prints the held-out
 accuracy per visual tier (700 scenes of another seed, distractors never in the target's colour,
-as in the evaluation set) every `--every` steps. docs/datasets.md, "The tower alone", has what it measured.
+as in the evaluation set) every `--every` steps. docs/datasets.md, "The tower alone", has what
+it measured.
 
 `--frozen DIR` probes the tower of a trained model instead: the tower is frozen and only a fresh
 reader learns, on the states of `--pool` scenes computed once, both tasks: the colour of the
@@ -47,24 +48,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", type=int, default=0, help="draw N scenes once and sample them (0: new every step)")
     parser.add_argument("--vision-hidden", type=int, default=128)
     parser.add_argument("--vision-layers", type=int, default=4)
-    parser.add_argument("--image-size", type=int, default=TinyVLMConfig.image_size,
-                        help="pixels per side of the scenes (default %(default)s)")
-    parser.add_argument("--patch-size", type=int, default=TinyVLMConfig.patch_size,
-                        help="pixels per side of a patch: (image / patch)^2 image tokens (default %(default)s)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help=f"pixels per side of the scenes (default {TinyVLMConfig.image_size}; not with --frozen)")
+    parser.add_argument("--patch-size", type=int, default=None,
+                        help=f"pixels per side of a patch: (image / patch)^2 image tokens (default "
+                             f"{TinyVLMConfig.patch_size}; not with --frozen)")
     parser.add_argument("--every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--frozen", default=None, metavar="DIR", help="probe the frozen tower of the model in DIR")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.frozen:
+        if args.image_size is not None or args.patch_size is not None:
+            parser.error("--image-size and --patch-size build a new tower; with --frozen the model's own tower sets "
+                         "both: drop them")
         return probe_frozen(args)
-    if args.image_size % args.patch_size:
-        parser.error(f"--patch-size {args.patch_size} does not divide --image-size {args.image_size}: the tower "
-                     f"needs whole patches; pick a patch size that divides the image size")
-    cfg = TinyVLMConfig(vision_hidden=args.vision_hidden, vision_layers=args.vision_layers, text_layers=2,
-                        image_size=args.image_size, patch_size=args.patch_size)
+    sizes = {k: v for k, v in (("image_size", args.image_size), ("patch_size", args.patch_size)) if v is not None}
+    cfg = TinyVLMConfig(vision_hidden=args.vision_hidden, vision_layers=args.vision_layers, text_layers=2, **sizes)
     processor = build_processor(cfg)
-    tower = build_model(cfg, len(processor.tokenizer)).model.vision_tower
+    try:
+        tower = build_model(cfg, len(processor.tokenizer)).model.vision_tower
+    except ValueError as err:  # e.g. a patch size that does not divide the image size
+        parser.error(str(err))
     torch.manual_seed(0)
     reader, head = Reader(cfg.vision_hidden), PatchHead(cfg.vision_hidden)
     params = [*tower.parameters(), *reader.parameters(), *(head.parameters() if args.aux else ())]

@@ -117,14 +117,18 @@ def test_tower_probe_script(tmp_path):
     assert all(0 <= a <= 1 for a in result["accuracy"].values())
 
 
-def test_tower_probe_script_takes_another_resolution_and_refuses_a_partial_patch(tmp_path):
+def test_tower_probe_script_takes_another_resolution_and_refuses_bad_sizes(tmp_path):
     out = run("probe_tower.py", "--steps", "1", "--every", "1", "--batch", "4", "--aux", "1.0", "--image-size", "48",
               "--patch-size", "12", "--vision-hidden", "32", "--vision-layers", "2", cwd=tmp_path)
     result = json.loads(out.splitlines()[-1])
     assert (result["image_size"], result["patch_size"]) == (48, 12)
     bad = subprocess.run([sys.executable, str(REPO / "experiments" / "probe_tower.py"), "--image-size", "64",
                           "--patch-size", "12"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "--patch-size 12 does not divide --image-size 64" in bad.stderr
+    assert bad.returncode == 2 and "patch_size 12 does not divide image_size 64" in bad.stderr
+    frozen = subprocess.run([sys.executable, str(REPO / "experiments" / "probe_tower.py"), "--frozen",
+                             str(REPO / "data" / "tiny_vlm"), "--patch-size", "4"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert frozen.returncode == 2 and "with --frozen the model's own tower sets both" in frozen.stderr
 
 
 def test_tower_probe_script_probes_a_trained_models_frozen_tower(tmp_path):

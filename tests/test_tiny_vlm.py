@@ -272,6 +272,8 @@ def test_local_layers_see_only_their_window():
     assert not torch.allclose(first_layer_last_state(full, far), first_layer_last_state(full, ids))
     with pytest.raises(ValueError, match="local_layers"):
         build_model(TinyVLMConfig(**{**TINY, "text_layers": 1, "local_layers": 1}), 40)  # no full layer left
+    with pytest.raises(ValueError, match="patch_size 12 does not divide image_size 64"):
+        build_model(TinyVLMConfig(**{**TINY, "image_size": 64, "patch_size": 12}), 40)  # 4 px would be dropped
 
 
 def test_training_mix_refuses_bad_settings():

@@ -143,6 +143,9 @@ def build_processor(cfg: TinyVLMConfig, tokenizer: Any = None) -> T.LlavaProcess
 
 
 def build_model(cfg: TinyVLMConfig, vocab_size: int) -> T.LlavaForConditionalGeneration:
+    if cfg.image_size % cfg.patch_size:  # the tower's patch convolution would drop the remainder's pixels
+        raise ValueError(f"patch_size {cfg.patch_size} does not divide image_size {cfg.image_size}: the tower needs "
+                         f"whole patches; pick a patch size that divides the image size")
     n_image_tokens = (cfg.image_size // cfg.patch_size) ** 2
     vision = T.CLIPVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=4 * cfg.vision_hidden,
                                 num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
