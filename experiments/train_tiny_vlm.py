@@ -24,8 +24,8 @@ import torch
 
 from hooks.interventions import INSTRUCTION_PLACEMENTS
 from hooks.loading import load_vlm
-from modality_lens.tiny_vlm import (DEEP_RECIPE, DEFAULT_DIR, INSTRUCTIONS, SHIPPED_RECIPE, TinyVLMConfig, evaluate,
-                                    save, train)
+from modality_lens.tiny_vlm import (DEEP_RECIPE, DEFAULT_DIR, INSTRUCTIONS, SHIPPED_RECIPE, TinyVLMConfig,
+                                    check_config, evaluate, save, train)
 
 RECIPES = {"shipped": SHIPPED_RECIPE, "deep": DEEP_RECIPE, "base": {}}
 
@@ -411,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.write_card is not None:
         record, cfg = read_record(args.write_card)
         write_card(args.write_card, cfg, record["log"], record["metrics"], args.eval_seed, args.eval_n)
@@ -430,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
             write_card(args.metrics_only, cfg, record["log"], m, args.eval_seed, args.eval_n)
         return 0
     cfg = config_from_args(args)
+    try:  # a setting train() would refuse: a usage error now, not a traceback after the scenes are drawn
+        check_config(cfg)
+    except ValueError as err:
+        parser.error(str(err))
     start = time.time()
     model, processor, log = train(cfg)
     save(model, processor, args.out, metadata={"config": cfg.to_dict(), "log": log})

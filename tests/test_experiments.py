@@ -158,6 +158,28 @@ def test_train_script_sets_any_config_field_with_its_type():
         assert done.returncode == 2 and says in done.stderr, done.stderr
 
 
+
+def test_train_script_refuses_a_recipe_train_would_refuse_before_any_work(tmp_path, capsys):
+    """Each setting below makes `train` raise; the script says so as a usage error (exit 2, the
+    field and the fix named) before drawing a scene, and writes nothing to --out."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    try:
+        from train_tiny_vlm import main
+    finally:
+        sys.path.remove(str(REPO / "experiments"))
+    out = tmp_path / "model"
+    for sets, says in ((["patch_size=12"], "patch_size 12 does not divide image_size 64"),
+                       (["local_layers=4"], "local_layers must leave at least one full-attention layer"),
+                       (["asked_only_steps=5"], "it needs asked_loss > 0"),
+                       (["projector_from_reader=true"], "it needs pretrain_steps > 0"),
+                       (["pretrain_steps=3"], "set n_shape_scenes > 0, or pretrain_steps=0"),
+                       (["read_share=0.7", "shape_share=0.5"], "sum to at most 1")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--out", str(out), *[a for s in sets for a in ("--set", s)]])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and says in err, err
+        assert not out.exists()
+
 def test_train_script_starts_from_the_shipped_recipe_and_its_card_command_reproduces_a_config():
     """No option: SHIPPED_RECIPE (the recipe data/tiny_vlm's training.json records); `--recipe
     deep` / `base`: DEEP_RECIPE / TinyVLMConfig's defaults; options and --set on top. The card's

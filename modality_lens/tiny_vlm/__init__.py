@@ -10,7 +10,8 @@ hub model. `experiments/train_tiny_vlm.py` trains it, evaluates it and writes it
 - `recipe`: `TinyVLMConfig`, the constants, the tokenizer, processor and model (and why the
   first layer is local);
 - `mix`: the pre-drawn scenes (`ScenePool`) and the training mix (`TrainingMix`, **[ours]**);
-- `train`: the training loop (`train`, with its curriculum in `batches`) and `save`;
+- `train`: the training loop (`train`, with its curriculum in `batches`), `check_config` (every
+  setting `train` would refuse, checked before any work) and `save`;
 - `evaluate`: the held-out metrics (`evaluate`, `instruction_following`).
 
 Measured on past checkpoints (the reliabilities and instructed share that were tried, a longer
@@ -22,9 +23,9 @@ from modality_lens.tiny_vlm.recipe import (DEEP_RECIPE, DEFAULT_DIR, EXTRA_WORDS
                                            TEXT_RELIABILITY, TinyVLMConfig, build_model, build_processor,
                                            build_tokenizer)
 from modality_lens.tiny_vlm.mix import Example, ScenePool, TrainingMix
-from modality_lens.tiny_vlm.train import batches, save, train
+from modality_lens.tiny_vlm.train import batches, check_config, save, train
 from modality_lens.tiny_vlm.evaluate import evaluate, instruction_following
 
 __all__ = ["TinyVLMConfig", "SHIPPED_RECIPE", "DEEP_RECIPE", "TEXT_RELIABILITY", "INSTRUCTIONS", "EXTRA_WORDS",
            "SPECIALS", "DEFAULT_DIR", "build_tokenizer", "build_processor", "build_model", "ScenePool", "Example",
-           "TrainingMix", "batches", "train", "save", "evaluate", "instruction_following"]
+           "TrainingMix", "batches", "check_config", "train", "save", "evaluate", "instruction_following"]

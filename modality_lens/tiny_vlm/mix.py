@@ -54,7 +54,7 @@ from modality_lens.tiny_vlm.aux import patch_labels
 from modality_lens.tiny_vlm.reading import READ_QUESTION, ShapePool, context_image, sign_scene, word_image
 from modality_lens.tiny_vlm.recipe import INSTRUCTIONS, TinyVLMConfig
 
-__all__ = ["ScenePool", "Example", "TrainingMix"]
+__all__ = ["ScenePool", "Example", "TrainingMix", "check_mix"]
 
 
 @dataclass
@@ -116,6 +116,28 @@ class Example:
     patches: np.ndarray | None = None  # the image's patch labels for the auxiliary loss (`aux`)
 
 
+def check_mix(cfg: TinyVLMConfig) -> None:
+    """Raise ValueError, naming the field and the fix, for a mix `cfg` cannot draw (shares,
+    probabilities, the instruction's placement); `TrainingMix` calls it first."""
+    if cfg.instruction_placement not in INSTRUCTION_PLACEMENTS:
+        raise ValueError(f"instruction_placement must be one of {INSTRUCTION_PLACEMENTS}, got "
+                         f"{cfg.instruction_placement!r}")
+    for name in ("text_reliability", "text_prior"):
+        probs = getattr(cfg, name)
+        if len(probs) != 4 or not all(0 <= p <= 1 for p in probs):
+            raise ValueError(f"{name} needs one probability per text tier (4, each in [0, 1]), got {probs}")
+    if not 0 <= cfg.instructed_share + cfg.conflict_share <= 1 or cfg.conflict_share < 0:
+        raise ValueError(f"conflict_share ({cfg.conflict_share}) must be >= 0 and, with instructed_share "
+                         f"({cfg.instructed_share}), sum to at most 1")
+    shares = (cfg.instructed_share, cfg.read_share, cfg.shape_share)
+    if min(shares) < 0 or sum(shares) > 1:
+        raise ValueError(f"instructed_share, read_share and shape_share must be >= 0 and sum to at most 1, "
+                         f"got {shares}")
+    if not 0 <= cfg.text_distractor_share <= 1:
+        raise ValueError(f"text_distractor_share must be a probability in [0, 1], got "
+                         f"{cfg.text_distractor_share}")
+
+
 @dataclass
 class TrainingMix:
     """Samples training examples from a scene pool following the documented mix."""
@@ -126,23 +148,7 @@ class TrainingMix:
     rng: np.random.Generator = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.cfg.instruction_placement not in INSTRUCTION_PLACEMENTS:
-            raise ValueError(f"instruction_placement must be one of {INSTRUCTION_PLACEMENTS}, got "
-                             f"{self.cfg.instruction_placement!r}")
-        for name in ("text_reliability", "text_prior"):
-            probs = getattr(self.cfg, name)
-            if len(probs) != 4 or not all(0 <= p <= 1 for p in probs):
-                raise ValueError(f"{name} needs one probability per text tier (4, each in [0, 1]), got {probs}")
-        if not 0 <= self.cfg.instructed_share + self.cfg.conflict_share <= 1 or self.cfg.conflict_share < 0:
-            raise ValueError(f"conflict_share ({self.cfg.conflict_share}) must be >= 0 and, with instructed_share "
-                             f"({self.cfg.instructed_share}), sum to at most 1")
-        shares = (self.cfg.instructed_share, self.cfg.read_share, self.cfg.shape_share)
-        if min(shares) < 0 or sum(shares) > 1:
-            raise ValueError(f"instructed_share, read_share and shape_share must be >= 0 and sum to at most 1, "
-                             f"got {shares}")
-        if not 0 <= self.cfg.text_distractor_share <= 1:
-            raise ValueError(f"text_distractor_share must be a probability in [0, 1], got "
-                             f"{self.cfg.text_distractor_share}")
+        check_mix(self.cfg)
         self.rng = np.random.default_rng([self.cfg.seed, 13])
         self._by_tier: dict[int, np.ndarray] = {}
 

@@ -32,7 +32,7 @@ from hooks.tiny import chat_template
 from interp.datasets.text import vocabulary
 
 __all__ = ["TinyVLMConfig", "SHIPPED_RECIPE", "DEEP_RECIPE", "DEFAULT_DIR", "TEXT_RELIABILITY", "EXTRA_WORDS",
-           "INSTRUCTIONS", "SPECIALS", "build_tokenizer", "build_processor", "build_model"]
+           "INSTRUCTIONS", "SPECIALS", "build_tokenizer", "build_processor", "build_model", "check_model"]
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "data" / "tiny_vlm"
 
@@ -142,10 +142,18 @@ def build_processor(cfg: TinyVLMConfig, tokenizer: Any = None) -> T.LlavaProcess
                             chat_template=chat_template("<image>\n", bos="<s>"))
 
 
-def build_model(cfg: TinyVLMConfig, vocab_size: int) -> T.LlavaForConditionalGeneration:
+def check_model(cfg: TinyVLMConfig) -> None:
+    """Raise ValueError, naming the field and the fix, for a model `build_model` cannot build."""
     if cfg.image_size % cfg.patch_size:  # the tower's patch convolution would drop the remainder's pixels
         raise ValueError(f"patch_size {cfg.patch_size} does not divide image_size {cfg.image_size}: the tower needs "
                          f"whole patches; pick a patch size that divides the image size")
+    if cfg.local_layers > 0 and (not 0 < cfg.local_layers < cfg.text_layers or cfg.local_window < 1):
+        raise ValueError(f"local_layers must leave at least one full-attention layer (0 < {cfg.local_layers} < "
+                         f"{cfg.text_layers}) and local_window must be >= 1 (got {cfg.local_window})")
+
+
+def build_model(cfg: TinyVLMConfig, vocab_size: int) -> T.LlavaForConditionalGeneration:
+    check_model(cfg)
     n_image_tokens = (cfg.image_size // cfg.patch_size) ** 2
     vision = T.CLIPVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=4 * cfg.vision_hidden,
                                 num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
@@ -158,9 +166,6 @@ def build_model(cfg: TinyVLMConfig, vocab_size: int) -> T.LlavaForConditionalGen
     if cfg.local_layers <= 0:
         text = T.LlamaConfig(**common)
     else:  # Llama-style with per-layer attention types; the local layers see only the last `local_window` tokens
-        if not 0 < cfg.local_layers < cfg.text_layers or cfg.local_window < 1:
-            raise ValueError(f"local_layers must leave at least one full-attention layer (0 < {cfg.local_layers} < "
-                             f"{cfg.text_layers}) and local_window must be >= 1 (got {cfg.local_window})")
         types = ["sliding_attention"] * cfg.local_layers + ["full_attention"] * (cfg.text_layers - cfg.local_layers)
         text = T.Qwen2Config(**common, use_sliding_window=True, sliding_window=cfg.local_window, layer_types=types,
                              tie_word_embeddings=False)

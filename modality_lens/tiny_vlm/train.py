@@ -36,13 +36,13 @@ from tqdm import tqdm
 
 from hooks.prompts import render_prompt
 from interp.datasets.drawing import COLOURS, SHAPES
-from modality_lens.tiny_vlm.mix import Example, ScenePool, TrainingMix
+from modality_lens.tiny_vlm.mix import Example, ScenePool, TrainingMix, check_mix
 from modality_lens.tiny_vlm.aux import PatchHead
 from modality_lens.tiny_vlm.pretrain import pretrain_tower
 from modality_lens.tiny_vlm.reading import ShapePool
-from modality_lens.tiny_vlm.recipe import TinyVLMConfig, build_model, build_processor
+from modality_lens.tiny_vlm.recipe import TinyVLMConfig, build_model, build_processor, check_model
 
-__all__ = ["batches", "train", "save", "asked_word", "asked_positions"]
+__all__ = ["batches", "train", "check_config", "save", "asked_word", "asked_positions"]
 
 _ASKED = frozenset(COLOURS + SHAPES)
 
@@ -105,17 +105,27 @@ def batches(mix: TrainingMix, batch_size: int) -> Iterator[tuple[list[Example], 
         yield [e for e in drawn if e.image is not None], [e for e in drawn if e.image is None]
 
 
-def train(cfg: TinyVLMConfig, *, pool: ScenePool | None = None, log_every: int = 50, progress: bool = True,
-          model: Any = None, processor: Any = None) -> tuple[Any, Any, dict[str, Any]]:
-    """Train from scratch; returns (model, processor, log). Deterministic for a seed, thread count,
-    torch build and machine (measured: see docs/datasets.md, "Training the shipped model:
-    measured")."""
+def check_config(cfg: TinyVLMConfig) -> None:
+    """Raise ValueError, naming the field and the fix, for a recipe that `train` would refuse
+    (the model's, the mix's and the stages' settings), before anything is drawn or trained."""
+    check_model(cfg)
+    check_mix(cfg)
     if cfg.asked_only_steps and cfg.asked_loss <= 0:
         raise ValueError(f"asked_only_steps ({cfg.asked_only_steps}) trains the loss at the asked word alone: it needs "
                          f"asked_loss > 0 (got {cfg.asked_loss}); set asked_loss, or asked_only_steps=0")
     if cfg.projector_from_reader and not cfg.pretrain_steps:
         raise ValueError("projector_from_reader copies the pretraining stage's reader: it needs pretrain_steps > 0 "
                          "(got 0); set pretrain_steps, or projector_from_reader=false")
+    if cfg.pretrain_steps and not cfg.n_shape_scenes:
+        raise ValueError("the pretraining stage needs shape-set scenes: set n_shape_scenes > 0, or pretrain_steps=0")
+
+
+def train(cfg: TinyVLMConfig, *, pool: ScenePool | None = None, log_every: int = 50, progress: bool = True,
+          model: Any = None, processor: Any = None) -> tuple[Any, Any, dict[str, Any]]:
+    """Train from scratch; returns (model, processor, log). Deterministic for a seed, thread count,
+    torch build and machine (measured: see docs/datasets.md, "Training the shipped model:
+    measured")."""
+    check_config(cfg)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     start = time.time()
