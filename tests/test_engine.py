@@ -229,3 +229,47 @@ def test_engine_options_are_checked_before_anything_runs(tmp_path, capsys, argv,
     except SystemExit as parse_error:  # refused while parsing
         code = parse_error.code
     assert code == 2 and message in capsys.readouterr().err and not out.exists()
+
+
+def test_a_ray_job_stopped_by_ctrl_c_still_records_its_engine_run(tmp_path, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) while the driver commits shard rows: the pool's counts so far
+    (shards committed, as `RayPool.map` counts them) are appended to run.json ``engine_runs``,
+    what run.json held stays, and the interrupt goes on to the caller. The pool is a stand-in
+    that counts as `RayPool` does, so no cluster starts."""
+    from modality_lens import engine
+
+    class StandInPool:
+        def __init__(self, options, setup, payload):
+            self.stats = engine.PoolStats()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def map(self, work, shards):
+            for shard in shards:
+                yield work(None, shard)
+                self.stats.shards += 1  # as RayPool.map: once the caller has committed it
+
+    class StandInDir:
+        run_json = tmp_path / "run.json"
+        committed: list = []
+
+        def read_run_info(self):
+            return json.loads(self.run_json.read_text())
+
+        def append(self, rows, layer_rows):
+            if len(self.committed) == 2:
+                raise KeyboardInterrupt
+            self.committed.append(rows)
+
+    StandInDir.run_json.write_text(json.dumps({"arguments": {"seed": 0}}))
+    monkeypatch.setattr(engine, "RayPool", StandInPool)
+    job = engine.ShardJob(work=lambda state, shard: (list(shard), []), setup=None, payload=[], local=None)
+    with pytest.raises(KeyboardInterrupt):
+        engine.commit_shards(StandInDir(), job, [[0, 1], [2, 3], [4, 5], [6, 7]], RAY, progress=False, unit="case")
+    info = json.loads(StandInDir.run_json.read_text())
+    assert StandInDir.committed == [[0, 1], [2, 3]] and info["arguments"] == {"seed": 0}
+    assert info["engine_runs"] == [{**RAY.describe(), "shards": 2, "restarts": 0, "retried_shards": 0}]
