@@ -32,6 +32,7 @@ def _pretrain_setup(**overrides):
 
     cfg = TinyVLMConfig(**{**TINY, "vision_layers": 2, "pretrain_steps": 3, "pretrain_batch": 8,
                            "pretrain_aux": 1.0, **overrides})
+    torch.set_num_threads(cfg.threads)  # as train() does: a stage run alone must round as it does inside train()
     processor = build_processor(cfg)
     pool = ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size, patch=cfg.patch_size)
     shapes = ShapePool.draw(cfg.n_shape_scenes, cfg.seed, cfg.image_size, patch=cfg.patch_size)
@@ -57,6 +58,45 @@ def test_pretraining_moves_only_the_tower_and_is_deterministic():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert a.state_dict().keys() == build_model(cfg, len(processor.tokenizer)).state_dict().keys()
 
+
+
+def test_the_pretraining_batch_takes_its_tiers_and_shares_from_the_config():
+    """By default a batch draws what the stage drew before `pretrain_max_tier` and
+    `pretrain_shares` existed (colour scenes uniform over the whole pool: recomputed here from the
+    step's generator); with them, the colour scenes come from the allowed tiers only and the three
+    tasks take round(batch x share) examples each."""
+    import dataclasses
+
+    from modality_lens.tiny_vlm.pretrain import READ, _STREAM, _batch
+
+    cfg, _, pool, shapes = _pretrain_setup()
+    _, query, answer, _ = _batch(cfg, 5, 8, pool, shapes, True)
+    i = np.random.default_rng([cfg.seed, _STREAM, 5]).integers(len(pool), size=4)  # the old draw
+    assert query[:4].tolist() == pool.target_shape[i].tolist() and answer[:4].tolist() == pool.target_colour[i].tolist()
+    assert (query[6:] == READ).all()  # 4 colour, 2 shape, 2 words
+    low = dataclasses.replace(cfg, pretrain_max_tier=2, pretrain_shares=(0.75, 0.0, 0.25))
+    where = {id(image): k for k, image in enumerate(pool.images)}
+    tiers = set()
+    for step in range(20):
+        images, query, _, labels = _batch(low, step, 8, pool, shapes, True)
+        assert (query[6:] == READ).all() and not (query[:6] == READ).any() and labels[6:] == [None, None]
+        tiers |= {int(pool.visual_tier[where[id(image)]]) for image in images[:6]}
+    assert tiers == {0, 1, 2}  # only, and each of them
+
+
+def test_pretraining_settings_out_of_range_are_refused_before_any_work():
+    from modality_lens.tiny_vlm import check_config
+
+    for bad, says in (({"pretrain_shares": (0.5, 0.5, 0.5)}, "sum to 1"), ({"pretrain_shares": (1.0, 0.0)}, "three"),
+                      ({"pretrain_max_tier": 14}, "a visual tier, 0-13"), ({"pretrain_max_tier": -1}, "0-13")):
+        with pytest.raises(ValueError, match=says):
+            check_config(TinyVLMConfig(**{**TINY, **bad}))
+    cfg, processor, pool, shapes = _pretrain_setup(pretrain_max_tier=0)
+    from modality_lens.tiny_vlm.pretrain import pretrain_tower
+
+    no_tier0 = ScenePool.draw(6, cfg.seed, cfg.image_size, tiers=range(1, 7), patch=cfg.patch_size)
+    with pytest.raises(ValueError, match="no colour scene of visual tier <= pretrain_max_tier"):
+        pretrain_tower(build_model(cfg, len(processor.tokenizer)), processor, cfg, no_tier0, shapes)
 
 def test_pretraining_refuses_missing_pools():
     from modality_lens.tiny_vlm.pretrain import pretrain_tower

@@ -91,6 +91,8 @@ class TinyVLMConfig:
     pretrain_batch: int = 64  # images per pretraining step
     pretrain_lr: float = 1e-3
     pretrain_aux: float = 0.0  # weight of the patch loss during pretraining (0: off)
+    pretrain_shares: tuple[float, ...] = (0.5, 0.25, 0.25)  # pretraining batch: colour, shape-set, word
+    pretrain_max_tier: int = 13  # the pretraining's colour scenes: visual tiers <= this only
     tower_lr_scale: float = 1.0  # the tower's learning rate in the VLM stage, as a multiple of `lr`
     asked_loss: float = 0.0  # weight of the answer loss also at the asked word (train.asked_positions; 0: off)
     asked_only_steps: int = 0  # first VLM steps with the loss at the asked word only (needs asked_loss > 0)

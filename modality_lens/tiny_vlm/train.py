@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from hooks.prompts import render_prompt
+from interp.datasets.colour import COLOUR_TIERS
 from interp.datasets.drawing import COLOURS, SHAPES
 from modality_lens.tiny_vlm.mix import Example, ScenePool, TrainingMix, check_mix
 from modality_lens.tiny_vlm.aux import PatchHead
@@ -116,6 +117,12 @@ def check_config(cfg: TinyVLMConfig) -> None:
     if cfg.projector_from_reader and not cfg.pretrain_steps:
         raise ValueError("projector_from_reader copies the pretraining stage's reader: it needs pretrain_steps > 0 "
                          "(got 0); set pretrain_steps, or projector_from_reader=false")
+    shares = cfg.pretrain_shares
+    if len(shares) != 3 or min(shares) < 0 or abs(sum(shares) - 1) > 1e-9:
+        raise ValueError(f"pretrain_shares are the shares of colour scenes, shape-set scenes and words in a "
+                         f"pretraining batch: three numbers >= 0 that sum to 1 (got {shares})")
+    if not 0 <= cfg.pretrain_max_tier < len(COLOUR_TIERS):
+        raise ValueError(f"pretrain_max_tier is a visual tier, 0-{len(COLOUR_TIERS) - 1} (got {cfg.pretrain_max_tier})")
     if cfg.pretrain_steps and not cfg.n_shape_scenes:
         raise ValueError("the pretraining stage needs shape-set scenes: set n_shape_scenes > 0, or pretrain_steps=0")
 
