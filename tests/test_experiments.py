@@ -207,3 +207,11 @@ def test_train_script_starts_from_the_shipped_recipe_and_its_card_command_reprod
         assert parse(command[2:]) == cfg
     assert reproduce_command(shipped) == "python experiments/train_tiny_vlm.py"
     assert reproduce_command(deep) == "python experiments/train_tiny_vlm.py --recipe deep"
+
+
+def test_render_benchmark_script_compares_the_same_pixels(tmp_path):
+    """The script checks that both caches draw identical images (it exits non-zero if not) and
+    ends with the JSON of its ratios."""
+    out = run("benchmark_render.py", "--words", "8", "--rounds", "2", cwd=tmp_path)
+    last = json.loads(out.strip().splitlines()[-1])
+    assert last["words"] == 8 and last["rounds"] == 2 and last["min"] <= last["speedup"] <= last["max"]

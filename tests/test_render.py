@@ -89,3 +89,21 @@ def test_fit_text_uses_the_largest_size_that_fits(text):
 def test_fit_text_refuses_what_cannot_fit():
     with pytest.raises(ValueError, match="does not fit"):
         fit_text("an extremely long sentence " * 20, 32, min_pixels=8)
+
+
+def test_the_font_cache_holds_every_size_fit_pixels_tries_on_a_64_px_canvas():
+    """Drawing rendered words the way training does (every font, sizes searched down from the
+    canvas height) opens each (font, size) once: misses equal the entries kept, none evicted.
+    A 64-entry cache evicted them (3 fonts x up to 59 sizes) and reopened the file every call."""
+    import numpy as np
+
+    from interp.datasets.drawing import COLOURS
+    from modality_lens.tiny_vlm.reading import word_image
+
+    _font.cache_clear()
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        word_image(COLOURS[int(rng.integers(len(COLOURS)))], 64, rng)
+    info = _font.cache_info()
+    assert info.currsize > 64  # more than the old cache could hold
+    assert info.misses == info.currsize and info.hits > info.misses

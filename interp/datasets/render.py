@@ -57,7 +57,7 @@ def font_path(font: str) -> Path:
     return path
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=1024)  # fit_pixels tries every size down from the canvas height: 3 fonts x 64 px alone is 192
 def _font(font: str, pixels: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(font_path(font)), pixels)
 
