@@ -242,7 +242,10 @@ def skills_text(cfg: TinyVLMConfig) -> str:
                 "(docs/datasets.md, \"Two hops\")"
                 + (". Those first steps draw\n  vision-only colour and shape questions only (`asked_only_vision`): "
                    "the language model needs\n  about a thousand of them to read the binding from the tower's "
-                   "tokens" if cfg.asked_only_vision else "") + ".\n")
+                   "tokens" if cfg.asked_only_vision else "")
+                + (f". Then {cfg.copy_steps} steps of vision-only colour and shape questions with both losses "
+                   "(`copy_steps`),\n  so that the answer position learns to copy what the asked word reads"
+                   if cfg.copy_steps else "") + ".\n")
     if cfg.scene_refresh > 0:
         out += (f"- Every {cfg.scene_refresh} steps of the VLM stage the scene pools are drawn afresh (same sizes, "
                 "another random\n  stream), so the language model does not see the same scenes again and again.\n")

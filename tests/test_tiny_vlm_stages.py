@@ -314,3 +314,38 @@ def test_the_asked_only_steps_draw_vision_only_colour_and_shape_questions():
     assert abs(len(shape_q) / len(first) - cfg.shape_share) < 0.04  # binomial SE about 0.01
     later = [e for _ in range(10) for part in next(it) for e in part]
     assert {e.kind for e in later} >= {"text", "both", "read", "instructed"}
+
+
+def test_the_copy_steps_draw_vision_only_questions_and_train_the_answer_position():
+    """`copy_steps`: after the asked-only steps, that many more steps draw vision-only colour and
+    shape questions only, and in them the answer position's loss is trained (its gradient reaches
+    the last position), where during the asked-only steps it is not; then the full mix."""
+    from interp.datasets.drawing import COLOURS, SHAPES
+    from modality_lens.tiny_vlm import build_processor, check_config
+    from modality_lens.tiny_vlm.train import _backward, batches
+
+    cfg = TinyVLMConfig(**{**TINY, "n_scenes": 200, "n_shape_scenes": 40, "read_share": 0.2, "shape_share": 0.25,
+                           "asked_loss": 1.0, "asked_only_steps": 5, "asked_only_vision": True, "copy_steps": 20,
+                           "steps": 100})
+    pool = ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size)
+    mix = TrainingMix(pool, cfg, ShapePool.draw(cfg.n_shape_scenes, cfg.seed, cfg.image_size))
+    it = batches(mix, 50)
+    staged = [e for _ in range(cfg.asked_only_steps + cfg.copy_steps) for part in next(it) for e in part]
+    assert len(staged) == 1250 and all(e.kind == "vision" and e.context is None for e in staged)
+    later = [e for _ in range(10) for part in next(it) for e in part]
+    assert {e.kind for e in later} >= {"text", "both", "read"}
+
+    processor = build_processor(cfg)
+    tok = processor.tokenizer
+    model = build_model(cfg, len(tok))
+    label_ids = {w: tok.convert_tokens_to_ids(w) for w in COLOURS + SHAPES}
+    part = staged[:4]
+    # the gradient of the answer position's logits: a hook on the head's output keeps it
+    grads = {}
+    model.lm_head.register_full_backward_hook(lambda m, gin, gout: grads.__setitem__("out", gout[0]))
+    for step, answer_trained in ((0, False), (cfg.asked_only_steps, True)):
+        model.zero_grad()
+        _backward(model, processor, part, label_ids, cfg, None, step)
+        assert bool(grads["out"][:, -1].abs().sum() > 0) == answer_trained
+    with pytest.raises(ValueError, match="copy_steps"):
+        check_config(TinyVLMConfig(**{**TINY, "copy_steps": 3}))

@@ -97,6 +97,7 @@ class TinyVLMConfig:
     asked_loss: float = 0.0  # weight of the answer loss also at the asked word (train.asked_positions; 0: off)
     asked_only_steps: int = 0  # first VLM steps with the loss at the asked word only (needs asked_loss > 0)
     asked_only_vision: bool = False  # those steps draw vision-only colour and shape questions only (mix.sample)
+    copy_steps: int = 0  # then: steps of vision-only colour and shape questions with both losses (needs asked_loss > 0)
     projector_from_reader: bool = False  # after pretraining, the projector is the reader's input MLP (pretrain)
     projector_lr_scale: float = 1.0  # the projector's learning rate in the VLM stage, x `lr` (0: frozen)
     scene_refresh: int = 0  # VLM steps between freshly drawn scene pools (0: one pool for the whole run)
