@@ -227,6 +227,8 @@ def skills_text(cfg: TinyVLMConfig) -> str:
                 "rendered colour word"
                 + (f", plus the patch loss of `modality_lens.tiny_vlm.aux` (weight {cfg.pretrain_aux})"
                    if cfg.pretrain_aux > 0 else "")
+                + (f", plus, on the words, a linear head per image token of the word written on it\n  (every patch "
+                   f"with ink; weight {cfg.pretrain_word_aux}, `aux.WordPatchHead`)" if cfg.pretrain_word_aux > 0 else "")
                 + ". In the VLM\n  stage the tower "
                 + ("is frozen" if cfg.tower_lr_scale == 0 else f"learns at {cfg.tower_lr_scale} x the learning rate")
                 + (". The projector starts as the reader's input MLP (the reader's width is the language\n  model's) "

@@ -98,6 +98,55 @@ def test_pretraining_settings_out_of_range_are_refused_before_any_work():
     with pytest.raises(ValueError, match="no colour scene of visual tier <= pretrain_max_tier"):
         pretrain_tower(build_model(cfg, len(processor.tokenizer)), processor, cfg, no_tier0, shapes)
 
+def test_word_patch_labels_mark_each_patch_with_ink_by_hand():
+    """A white 16 x 24 canvas, patches of 8: ink (darkest channel < 200) in patches (0, 2) and
+    (1, 0), a light grey pixel (channel 210) in patch (0, 0) and a yellow one in (1, 1); the
+    labels are the word on the inked patches, background (6) elsewhere, row-major."""
+    from PIL import Image
+
+    from modality_lens.tiny_vlm.aux import word_patch_labels
+
+    canvas = np.full((16, 24, 3), 255, dtype=np.uint8)
+    canvas[3, 20] = 0          # patch (0, 2)
+    canvas[15, 7] = (130, 50, 180)  # patch (1, 0), purple: min 50
+    canvas[0, 0] = 210         # patch (0, 0): too light to be ink
+    canvas[9, 12] = (245, 205, 0)   # patch (1, 1), yellow: min 0
+    got = word_patch_labels(Image.fromarray(canvas), 8, 4)
+    assert got.tolist() == [6, 6, 4, 4, 4, 6]
+
+
+def test_the_word_patch_head_loss_is_the_cross_entropy_over_labelled_patches():
+    """The loss over a batch of one labelled image and one without labels is the mean
+    cross-entropy of the labelled image's patches alone, worked out with log_softmax."""
+    from modality_lens.tiny_vlm.aux import WordPatchHead
+
+    torch.manual_seed(0)
+    head, states = WordPatchHead(5), torch.randn(2, 3, 5)
+    labels = [None, np.array([1, 6, 2])]
+    logp = torch.log_softmax(head.word(states[1]), dim=-1)
+    want = -(logp[0, 1] + logp[1, 6] + logp[2, 2]) / 3
+    assert torch.allclose(head.loss(states, labels), want)
+    assert float(head.loss(states, [None, None])) == 0.0
+
+
+def test_the_word_loss_changes_the_pretrained_tower_deterministically():
+    from modality_lens.tiny_vlm import check_config
+    from modality_lens.tiny_vlm.pretrain import pretrain_tower
+
+    towers = []
+    for weight in (0.0, 1.0, 1.0):
+        cfg, processor, pool, shapes = _pretrain_setup(pretrain_word_aux=weight)
+        model = build_model(cfg, len(processor.tokenizer))
+        pretrain_tower(model, processor, cfg, pool, shapes)
+        towers.append([p.detach() for p in model.model.vision_tower.parameters()])
+        assert model.state_dict().keys() == build_model(cfg, len(processor.tokenizer)).state_dict().keys()
+    plain, worded, again = towers
+    assert all(torch.equal(a, b) for a, b in zip(worded, again))
+    assert not all(torch.equal(a, b) for a, b in zip(plain, worded))
+    with pytest.raises(ValueError, match="pretrain_word_aux .* >= 0"):
+        check_config(TinyVLMConfig(**{**TINY, "pretrain_word_aux": -1.0}))
+
+
 def test_pretraining_refuses_missing_pools():
     from modality_lens.tiny_vlm.pretrain import pretrain_tower
 

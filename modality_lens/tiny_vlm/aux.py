@@ -6,8 +6,10 @@ and reading all need form. **[ours]** `aux_weight > 0` adds, per image token, a 
 classifier (`PatchHead`, on the tower states the projector reads) of the shape and the colour of
 the object that covers most of that patch, or background (a patch less than a quarter covered
 by any object is background); the drawn scenes know their objects, so the labels are exact.
-Images without labels (rendered text) add nothing. The head is dropped after training: the
-saved model is a stock `LlavaForConditionalGeneration`. Off in the shipped recipe; what one
+Images without labels add nothing. For rendered words the pretraining stage can add a second
+head (`WordPatchHead`, `pretrain_word_aux > 0`): per image token, the word that is written, on
+every patch with ink (`word_patch_labels`), or background. The heads are dropped after training:
+the saved model is a stock `LlavaForConditionalGeneration`. Off in the shipped recipe; what one
 600-step run with it measured is in docs/datasets.md (it did not buy accuracy at that length).
 """
 
@@ -21,10 +23,13 @@ from torch import nn
 
 from interp.datasets.drawing import COLOURS, SHAPES, shape_mask
 
-__all__ = ["patch_labels", "PatchHead", "IGNORE"]
+__all__ = ["patch_labels", "word_patch_labels", "PatchHead", "WordPatchHead", "IGNORE", "INK_LEVEL"]
 
 IGNORE = -100
 """Label of a patch (or a whole image) that adds no auxiliary loss (torch's ignore_index)."""
+INK_LEVEL = 200
+"""A pixel of a rendered word is ink where its darkest channel is below this (the canvas is
+white; every palette colour has a channel at 0, and anti-aliased edges fade towards 255)."""
 
 
 def object_map(scene: Any) -> np.ndarray:
@@ -62,6 +67,25 @@ def patch_labels(scene: Any, patch: int) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
+def word_patch_labels(image: Any, patch: int, word: int) -> np.ndarray:
+    """(n_patches,): `word` (its index in `COLOURS`) on each patch of `image` with a pixel of ink
+    (`INK_LEVEL`), `len(COLOURS)` elsewhere; row-major, as the tower orders its tokens."""
+    ink = np.asarray(image.convert("RGB")).min(axis=-1) < INK_LEVEL
+    height, width = ink.shape
+    gy, gx = height // patch, width // patch
+    covered = ink[:gy * patch, :gx * patch].reshape(gy, patch, gx, patch).any(axis=(1, 3)).ravel()
+    return np.where(covered, word, len(COLOURS)).astype(np.int64)
+
+
+def _targets(labels: Sequence[np.ndarray | None], n: int, k: int) -> torch.Tensor:
+    """(batch, n, k) long targets, `IGNORE` for images without labels (or of another patch count)."""
+    target = torch.full((len(labels), n, k), IGNORE, dtype=torch.long)
+    for b, lab in enumerate(labels):
+        if lab is not None and len(lab) == n:
+            target[b] = torch.as_tensor(lab).reshape(n, k)
+    return target
+
+
 class PatchHead(nn.Module):
     """Linear shape and colour classifiers over tower states (background included)."""
 
@@ -72,13 +96,24 @@ class PatchHead(nn.Module):
 
     def loss(self, states: torch.Tensor, labels: Sequence[np.ndarray | None]) -> torch.Tensor:
         """Mean cross-entropy over labelled patches of `states` (batch, patches, width)."""
-        n = states.shape[1]
-        target = torch.full((len(labels), n, 2), IGNORE, dtype=torch.long)
-        for b, lab in enumerate(labels):
-            if lab is not None and len(lab) == n:
-                target[b] = torch.as_tensor(lab)
+        target = _targets(labels, states.shape[1], 2)
         if (target[..., 0] == IGNORE).all():
             return states.sum() * 0.0
         ce = nn.functional.cross_entropy
         return 0.5 * (ce(self.shape(states).flatten(0, 1), target[..., 0].flatten(), ignore_index=IGNORE)
                       + ce(self.colour(states).flatten(0, 1), target[..., 1].flatten(), ignore_index=IGNORE))
+
+
+class WordPatchHead(nn.Module):
+    """A linear classifier over tower states of the word written on a patch (background included)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.word = nn.Linear(width, len(COLOURS) + 1)
+
+    def loss(self, states: torch.Tensor, labels: Sequence[np.ndarray | None]) -> torch.Tensor:
+        """Mean cross-entropy over the patches of the images with labels (`word_patch_labels`)."""
+        target = _targets(labels, states.shape[1], 1)[..., 0]
+        if (target == IGNORE).all():
+            return states.sum() * 0.0
+        return nn.functional.cross_entropy(self.word(states).flatten(0, 1), target.flatten(), ignore_index=IGNORE)

@@ -19,7 +19,8 @@ language model and freshly drawn scenes every step, the same tower learns it, sl
   ceiling was the pretraining mix's"): the tower alone on the colour task of tiers 0-6 reads them
   at 0.83 after 4,000 steps, where this stage's default mix leaves 0.63-0.67;
 - plus, with `pretrain_aux > 0`, the patch loss of `modality_lens.tiny_vlm.aux` on the scenes
-  (shape and colour of the object covering each patch);
+  (shape and colour of the object covering each patch), and with `pretrain_word_aux > 0` its
+  word loss on the rendered words (the word on each patch with ink: `aux.WordPatchHead`);
 - AdamW at `pretrain_lr`, the warm-up and cosine decay of the main stage, gradients clipped to 1.
 
 Deterministic for a seed (each step's draws come from a generator seeded by (seed, step)). The
@@ -29,7 +30,7 @@ stage, and with `projector_from_reader` the projector's, copied from the reader'
 has the projector's shape). Measured (docs/datasets.md): the projector that the VLM stage trains
 from scratch keeps the colour and drops the binding of colour to shape that the tower carries;
 the reader's, which was trained to read that binding, keeps it. The reader's attention and the
-patch head are discarded.
+patch heads are discarded.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import torch
 from torch import nn
 
 from interp.datasets.drawing import COLOURS, SHAPES
-from modality_lens.tiny_vlm.aux import PatchHead
+from modality_lens.tiny_vlm.aux import PatchHead, WordPatchHead, word_patch_labels
 from modality_lens.tiny_vlm.mix import ScenePool
 from modality_lens.tiny_vlm.reading import ShapePool, word_image
 from modality_lens.tiny_vlm.recipe import TinyVLMConfig
@@ -112,7 +113,8 @@ def _lr(step: int, cfg: TinyVLMConfig) -> float:
 def pretrain_tower(model: Any, processor: Any, cfg: TinyVLMConfig, pool: ScenePool, shapes: ShapePool, *,
                    log_every: int = 100, progress: Any = None) -> dict[str, Any]:
     """Train `model`'s vision tower in place for `cfg.pretrain_steps` steps on scenes of `pool`
-    and `shapes` (with patch labels when `cfg.pretrain_aux > 0`) and fresh rendered words;
+    and `shapes` (with patch labels when `cfg.pretrain_aux > 0`) and fresh rendered words (with
+    the word loss when `cfg.pretrain_word_aux > 0`);
     returns the log (losses and the reader's accuracy on each logged stretch's batches, wall time);
     with `cfg.projector_from_reader` the model's projector is the reader's input MLP afterwards."""
     if shapes is None:
@@ -125,7 +127,9 @@ def pretrain_tower(model: Any, processor: Any, cfg: TinyVLMConfig, pool: ScenePo
     tower = model.model.vision_tower
     reader = Reader(cfg.vision_hidden, dim=cfg.text_hidden)
     head = PatchHead(cfg.vision_hidden) if cfg.pretrain_aux > 0 else None
-    params = [*tower.parameters(), *reader.parameters(), *(head.parameters() if head else ())]
+    word_head = WordPatchHead(cfg.vision_hidden) if cfg.pretrain_word_aux > 0 else None
+    params = [*tower.parameters(), *reader.parameters(), *(head.parameters() if head else ()),
+              *(word_head.parameters() if word_head else ())]
     opt = torch.optim.AdamW(params, lr=cfg.pretrain_lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     start, history, running = time.time(), [], []
     tower.train()
@@ -139,6 +143,10 @@ def pretrain_tower(model: Any, processor: Any, cfg: TinyVLMConfig, pool: ScenePo
         loss = nn.functional.cross_entropy(logits, answer)
         if head is not None:
             loss = loss + cfg.pretrain_aux * head.loss(states, labels)
+        if word_head is not None:
+            words = [word_patch_labels(image, cfg.patch_size, int(a)) if q == READ else None
+                     for image, q, a in zip(images, query.tolist(), answer.tolist())]
+            loss = loss + cfg.pretrain_word_aux * word_head.loss(states, words)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

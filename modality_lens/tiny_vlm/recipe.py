@@ -91,6 +91,7 @@ class TinyVLMConfig:
     pretrain_batch: int = 64  # images per pretraining step
     pretrain_lr: float = 1e-3
     pretrain_aux: float = 0.0  # weight of the patch loss during pretraining (0: off)
+    pretrain_word_aux: float = 0.0  # weight of the word-per-patch loss on the pretraining's rendered words (0: off)
     pretrain_shares: tuple[float, ...] = (0.5, 0.25, 0.25)  # pretraining batch: colour, shape-set, word
     pretrain_max_tier: int = 13  # the pretraining's colour scenes: visual tiers <= this only
     tower_lr_scale: float = 1.0  # the tower's learning rate in the VLM stage, as a multiple of `lr`

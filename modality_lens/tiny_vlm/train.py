@@ -128,6 +128,9 @@ def check_config(cfg: TinyVLMConfig) -> None:
     if cfg.projector_from_reader and not cfg.pretrain_steps:
         raise ValueError("projector_from_reader copies the pretraining stage's reader: it needs pretrain_steps > 0 "
                          "(got 0); set pretrain_steps, or projector_from_reader=false")
+    for name in ("pretrain_aux", "pretrain_word_aux"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} is the weight of a pretraining loss: it must be >= 0 (got {getattr(cfg, name)})")
     shares = cfg.pretrain_shares
     if len(shares) != 3 or min(shares) < 0 or abs(sum(shares) - 1) > 1e-9:
         raise ValueError(f"pretrain_shares are the shares of colour scenes, shape-set scenes and words in a "
