@@ -1,7 +1,7 @@
 """Train the small LLaVA shipped in data/tiny_vlm, evaluate it on held-out cases, write its card.
 
-    python experiments/train_tiny_vlm.py                      # the shipped recipe (~20 min, 2 cores)
-    python experiments/train_tiny_vlm.py --out /tmp/m --recipe deep   # the 8-layer candidate (~55 min)
+    python experiments/train_tiny_vlm.py                      # the shipped recipe (~MINUTES min, 2 cores)
+    python experiments/train_tiny_vlm.py --out /tmp/m --recipe base   # the previous 4-layer model (~14 min)
     python experiments/train_tiny_vlm.py --out /tmp/m --steps 200 --seed 1
     python experiments/train_tiny_vlm.py --metrics-only data/tiny_vlm
 
@@ -117,7 +117,7 @@ known, not to draw conclusions about large models.
 - reproduce: `{reproduce}`. The weights come
   out identical for the same torch build, thread count and machine; elsewhere float rounding can
   differ from the first steps and the result is another draw of the same recipe (docs/interventions.md
-  has one retrain's numbers).
+  has how far one such retrain of the previous 4-layer recipe moved its numbers).
 
 ## Training data
 
@@ -360,8 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="shipped",
                         help="the settings to start from: 'shipped' (data/tiny_vlm's, SHIPPED_RECIPE), 'deep' (the "
-                             "8-layer candidate, DEEP_RECIPE) or 'base' (TinyVLMConfig's defaults); the options below "
-                             "and --set change them")
+                             "8-layer candidate of 2026-12-02, DEEP_RECIPE) or 'base' (TinyVLMConfig's defaults: the "
+                             "previous 4-layer model); the options below and --set change them")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--instruction-placement", choices=INSTRUCTION_PLACEMENTS,

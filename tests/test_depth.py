@@ -123,11 +123,31 @@ def test_resume_of_a_run_without_the_index_columns_is_refused(tmp_path):
 
 
 def test_the_shipped_model_has_a_constant_layer_one(tmp_path):
+    """The shipped model's first decoder layer sees only the last 8 tokens (the template's tail,
+    the same in every pass), so the lens after it gives one token for every row; that token and
+    the depth are worked out here from a plain HF forward (`output_hidden_states`, final norm,
+    unembedding), not from the pipeline."""
+    import torch
+    import transformers as T
+    from PIL import Image
+
+    from hooks.prompts import render_prompt
     from modality_lens.pipeline import run
+    from modality_lens.shipped import default_model
 
     summary = run(out=tmp_path / "run", limit=48, n_boot=20, progress=False, figures=False).read_summary()
     diagnostic = summary["oscillation_depth"]["constant_layers"]
     layer_one = next(r for r in diagnostic["layers"] if r["layer"] == 1)
     assert 1 in diagnostic["flagged"] and layer_one["top1_share"] == 1.0 and layer_one["n"] == 48 * 3
-    assert layer_one["token"] == "purple"  # what the issue measured on all 8,064 rows of the default run
-    assert summary["n_layers_model"] == 4 and summary["oscillation_depth"]["n_layers"] == 4
+
+    source = default_model()
+    model = T.LlavaForConditionalGeneration.from_pretrained(source).eval()
+    processor = T.AutoProcessor.from_pretrained(source)
+    prompt = render_prompt(processor, question="What colour is the circle?", with_image=True)
+    inputs = processor(text=[prompt], images=[[Image.new("RGB", (64, 64), "white")]], return_tensors="pt")
+    with torch.no_grad():
+        states = model(**inputs, output_hidden_states=True).hidden_states
+        logits = model.lm_head(model.model.language_model.norm(states[1][:, -1]))
+    assert layer_one["token"] == processor.tokenizer.decode([int(logits.argmax())]).strip()
+    depth = model.config.text_config.num_hidden_layers
+    assert summary["n_layers_model"] == depth and summary["oscillation_depth"]["n_layers"] == depth

@@ -161,7 +161,8 @@ def test_train_script_sets_any_config_field_with_its_type():
 
 def test_train_script_refuses_a_recipe_train_would_refuse_before_any_work(tmp_path, capsys):
     """Each setting below makes `train` raise; the script says so as a usage error (exit 2, the
-    field and the fix named) before drawing a scene, and writes nothing to --out."""
+    field and the fix named) before drawing a scene, and writes nothing to --out. On `--recipe
+    base` (the 4-layer recipe without the extra stages), where each setting alone is refused."""
     sys.path.insert(0, str(REPO / "experiments"))
     try:
         from train_tiny_vlm import main
@@ -175,7 +176,7 @@ def test_train_script_refuses_a_recipe_train_would_refuse_before_any_work(tmp_pa
                        (["pretrain_steps=3"], "set n_shape_scenes > 0, or pretrain_steps=0"),
                        (["read_share=0.7", "shape_share=0.5"], "sum to at most 1")):
         with pytest.raises(SystemExit) as exit_:
-            main(["--out", str(out), *[a for s in sets for a in ("--set", s)]])
+            main(["--out", str(out), "--recipe", "base", *[a for s in sets for a in ("--set", s)]])
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and says in err, err
         assert not out.exists()

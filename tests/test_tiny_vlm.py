@@ -253,7 +253,7 @@ def test_reading_examples_label_what_the_image_says():
 def test_local_layers_see_only_their_window():
     """`local_layers=1`: the first decoder layer's output at the last position does not change
     when a token further back than `local_window` changes, and changes when one inside does;
-    with full attention (the shipped recipe) it changes either way."""
+    with full attention (`local_layers=0`) it changes either way."""
     def first_layer_last_state(cfg: TinyVLMConfig, ids: torch.Tensor) -> torch.Tensor:
         torch.manual_seed(0)
         model = build_model(cfg, 40).eval()

@@ -9,8 +9,10 @@ by any object is background); the drawn scenes know their objects, so the labels
 Images without labels add nothing. For rendered words the pretraining stage can add a second
 head (`WordPatchHead`, `pretrain_word_aux > 0`): per image token, the word that is written, on
 every patch with ink (`word_patch_labels`), or background. The heads are dropped after training:
-the saved model is a stock `LlavaForConditionalGeneration`. Off in the shipped recipe; what one
-600-step run with it measured is in docs/datasets.md (it did not buy accuracy at that length).
+the saved model is a stock `LlavaForConditionalGeneration`. The shipped recipe uses both in its
+pretraining stage (`pretrain_aux`, `pretrain_word_aux`) and neither in the VLM stage
+(`aux_weight` 0); what one 600-step VLM-stage run with the patch loss measured is in
+docs/datasets.md (it did not buy accuracy at that length).
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ the text's colour against the image, except under an explicit instruction):
 - **text distractors** (a share `text_distractor_share` of all contexts, of every kind; 0
   unless set): one more sentence giving another shape another colour (`TrainingMix.distract`);
   measured in docs/interventions.md, not shipped.
-- **reading** (a share `read_share` of all examples; 0 in the shipped recipe): a rendered colour
+- **reading** (a share `read_share` of all examples; 20% in the shipped recipe): a rendered colour
   word, a rendered context or a colour scene with a sign (`modality_lens.tiny_vlm.reading`);
-- **shape task** (a share `shape_share`, with a `ShapePool` of `n_shape_scenes`; 0 in the
+- **shape task** (a share `shape_share`, with a `ShapePool` of `n_shape_scenes`; 20% in the
   shipped recipe): the shape set's question on its scenes, vision-only / text-only / both;
 - **instructed** (a share `instructed_share` of all examples): image + relevant context +
   question with an instruction naming a modality ("use the text to answer .", "answer

@@ -1,8 +1,8 @@
 """The images of the training tasks beyond the colour scenes: shape scenes, rendered words,
 rendered contexts and scenes with a sign.
 
-**[ours]** (the mix's reading and shape tasks, `read_share` / `shape_share`; both 0 in the
-shipped recipe: docs/datasets.md has what a model trained with them measured):
+**[ours]** (the mix's reading and shape tasks, `read_share` / `shape_share`; 20% each in the
+shipped recipe, 0 in the previous 4-layer one: docs/datasets.md has what each candidate measured):
 
 - **shape scenes** (`ShapePool`): the 2-D shape set's four tiers (`interp.datasets.shapes`),
   pre-drawn like the colour scenes; the question asks the shape of the object of one colour.

@@ -17,13 +17,13 @@ the answer to 0.43 (the asked word 0.54), and 300 further steps of the mix kept 
 attention hops from the image (the asked word, then the object that wears it), and a language
 model trained at the answer position alone stays at the colour-of-some-object level even on
 ideal image tokens, while at the asked word (one hop) it learns the binding in a few hundred
-steps. Off in the shipped recipe.
+steps. On in the shipped recipe (1,000 asked-word steps, then 400 copy steps).
 
 `tower_lr_scale` and `projector_lr_scale` set the learning rate of the vision tower and of the
 projector as multiples of `lr`; 0 freezes the part (`_param_groups`). `scene_refresh` > 0 draws
 new scene pools of the same sizes every that many steps (`TrainingMix.refresh`), so that a long
-run does not see the same scenes again and again. `DEEP_RECIPE` uses all of these; the shipped
-recipe none.
+run does not see the same scenes again and again. `DEEP_RECIPE` and the shipped
+recipe use all of these (tower and projector frozen).
 """
 
 from __future__ import annotations
