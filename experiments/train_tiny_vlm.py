@@ -285,11 +285,13 @@ def layers_text(cfg: TinyVLMConfig) -> str:
         last = cfg.local_layers
         text += (f" Indices 1-{last} (after the local layer{'s' if last > 1 else ''}, window {cfg.local_window})"
                  if last > 1 else f" Index 1 (after the local first layer, window {cfg.local_window})")
-        text += (f" see only the last {cfg.local_window} tokens, the question's\ninstruction and the template's "
+        text += (f" {'see' if last > 1 else 'sees'} only the last {cfg.local_window} tokens, the question's\ninstruction and the template's "
                  "tail, the same in every uninstructed prompt: one distribution for\nevery row as well (and with an "
-                 "instruction after the question, one per instruction). The first\nlayer stays local because the "
-                 "steering analysis needs a layer whose state at the answer\nposition knows the instruction and "
-                 "nothing of the content (docs/interventions.md).")
+                 "instruction after the question, one per instruction). The first\nlayer is local because, in the "
+                 "4-layer model shipped before, instruction steering needed a layer\nwhose state at the answer "
+                 "position knows the instruction and nothing of the content; on the\n8-layer model each of "
+                 "layers 0-4 moves TFR about as far (docs/interventions.md), and a model\nwithout the local "
+                 "layer was not trained to see whether it still matters.")
         first = last + 1
     else:
         first = 1

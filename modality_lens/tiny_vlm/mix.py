@@ -28,7 +28,7 @@ the text's colour against the image, except under an explicit instruction):
   The instruction goes after the question (`instruction_placement="end"`, shipped), before it
   (`"question"`, the recipe of earlier checkpoints) or at the start of the user turn, before
   the image (`"start"`; not shipped: measured in docs/interventions.md, "Measured on the
-  previous shipped model").
+  full-attention 4-layer model before that").
 
 So the model can learn how far to trust each modality at each difficulty; what it does when
 they disagree without an instruction is not taught by any rule, it follows from what it
