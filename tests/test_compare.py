@@ -1,7 +1,7 @@
 """`modality-lens compare` and `modality-lens run --seeds`: on small runs of the shipped model.
 
-One `run --seeds 2,3` (504 cases per seed, about 15 s each on one thread; both seeds have a
-balance point at this size, seeds 0 and 1 do not both) makes the two seed
+One `run --seeds 2,3` (504 cases per seed; both seeds need a balance point at this size, which
+they have on the shipped model: the test fails, not skips, when one does not) makes the two seed
 runs and their comparison; a 40-case shapes run is the other dataset. Every number checked is
 read from the runs' own summary.json or recomputed from their cases.parquet, never from the
 comparison under test.

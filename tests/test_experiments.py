@@ -31,8 +31,8 @@ def test_following_curve_script(tmp_path):
 
 
 def test_oscillation_sweep_script(tmp_path):
-    # 3 groups per cell: with 1 (20 kept cases) the shipped model separates text from image
-    # perfectly, and the script rightly stops: no balance point, no regions
+    # 3 groups per cell: with 1 (20 kept cases) the 4-layer model shipped until 2026-12-07
+    # separated text from image perfectly, and the script rightly stopped: no balance point
     out = run("oscillation_sweep.py", "--n-per-cell", "3", cwd=tmp_path)
     assert "oscillation" in out.lower()
 
