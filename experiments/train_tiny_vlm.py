@@ -286,7 +286,8 @@ def chosen_text(cfg: TinyVLMConfig) -> str:
   two attention hops from the image and does not learn the binding on its own; with 400 copy
   steps it reads what the asked word reads (0.68 against 0.67).
 - Reading: a per-patch loss naming the word written on each inked patch took the tier-0 word
-  from 56% to 91% at weight 1; weight 2 and 1,000 more pretraining steps gave 98% here. A larger
+  from 56% to 91% at weight 1; weight 2 and 1,000 more pretraining steps (the shipped recipe)
+  gave 98%. A larger
   share of words in the stage's batches bought no reading and cost vision (0.52 on tiers 1-6).
 
 """
