@@ -317,6 +317,44 @@ def test_reading_metrics_count_answers_against_what_each_image_says():
     assert m["sign"]["colour_accuracy"] + m["sign"]["colour_answered_sign"] <= 1
 
 
+def test_patch_labels_match_a_patch_by_patch_count():
+    """The vectorised labels against a second method: per patch, the owners' pixel counts with
+    np.unique, the most frequent owner (the lowest index among ties) if it covers a quarter."""
+    from interp.datasets.drawing import draw_scene
+    from interp.datasets.tiers import COLOUR_TIERS
+    from modality_lens.tiny_vlm.aux import object_map, patch_labels
+
+    def by_hand(scene, patch):
+        owner = object_map(scene)
+        out = []
+        for py in range(0, 64 - 64 % patch, patch):
+            for px in range(0, 64 - 64 % patch, patch):
+                block = owner[py:py + patch, px:px + patch].ravel()
+                ids, counts = np.unique(block[block >= 0], return_counts=True)
+                if len(ids) and counts.max() >= patch * patch / 4:
+                    obj = scene.objects[int(ids[counts.argmax()])]
+                    out.append((SHAPES.index(obj.shape), COLOURS.index(obj.colour)))
+                else:
+                    out.append((len(SHAPES), len(COLOURS)))
+        return np.asarray(out, dtype=np.int64)
+
+    ties = 0
+    for tier in range(len(COLOUR_TIERS)):
+        for k in range(4):
+            scene = draw_scene(COLOUR_TIERS[tier], SHAPES[k], COLOURS[k], np.random.default_rng([tier, k]), (64, 64),
+                               distractor_shapes=[s for s in SHAPES if s != SHAPES[k]],
+                               distractor_colours=[c for c in COLOURS if c != COLOURS[k]])
+            for patch in (8, 5, 16):  # 5 leaves a remainder the tower would not see
+                got, want = patch_labels(scene, patch), by_hand(scene, patch)
+                assert got.dtype == want.dtype and got.shape == want.shape and (got == want).all(), (tier, k, patch)
+            owner = object_map(scene)
+            blocks = owner.reshape(8, 8, 8, 8).transpose(0, 2, 1, 3).reshape(64, 64)
+            for b in blocks:
+                ids, counts = np.unique(b[b >= 0], return_counts=True)
+                ties += int(len(ids) > 1 and (counts == counts.max()).sum() > 1 and counts.max() >= 16)
+    assert ties > 0  # the tie rule was exercised
+
+
 @pytest.mark.parametrize("tier", [0, 3, 6, 11])
 def test_patch_labels_name_the_object_under_each_patch(tier):
     from interp.datasets.tiers import COLOUR_TIERS

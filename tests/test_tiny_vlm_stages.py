@@ -70,18 +70,35 @@ def test_the_pretraining_batch_takes_its_tiers_and_shares_from_the_config():
     from modality_lens.tiny_vlm.pretrain import READ, _STREAM, _batch
 
     cfg, _, pool, shapes = _pretrain_setup()
-    _, query, answer, _ = _batch(cfg, 5, 8, pool, shapes, True)
+    _, query, answer, _, keys = _batch(cfg, 5, 8, pool, shapes, True)
     i = np.random.default_rng([cfg.seed, _STREAM, 5]).integers(len(pool), size=4)  # the old draw
     assert query[:4].tolist() == pool.target_shape[i].tolist() and answer[:4].tolist() == pool.target_colour[i].tolist()
     assert (query[6:] == READ).all()  # 4 colour, 2 shape, 2 words
+    assert keys[:4] == [("colour", int(k)) for k in i] and keys[6:] == [None, None]  # fresh words are not pooled
     low = dataclasses.replace(cfg, pretrain_max_tier=2, pretrain_shares=(0.75, 0.0, 0.25))
     where = {id(image): k for k, image in enumerate(pool.images)}
     tiers = set()
     for step in range(20):
-        images, query, _, labels = _batch(low, step, 8, pool, shapes, True)
+        images, query, _, labels, _ = _batch(low, step, 8, pool, shapes, True)
         assert (query[6:] == READ).all() and not (query[:6] == READ).any() and labels[6:] == [None, None]
         tiers |= {int(pool.visual_tier[where[id(image)]]) for image in images[:6]}
     assert tiers == {0, 1, 2}  # only, and each of them
+
+
+def test_pooled_pixels_are_the_processors_to_the_last_bit():
+    """`_pixels` processes a pooled image once and reuses it; the stack must equal what the image
+    processor returns for the whole list at once, in every step, cached or not."""
+    from modality_lens.tiny_vlm.pretrain import _batch, _pixels
+
+    cfg, processor, pool, shapes = _pretrain_setup()
+    cache: dict = {}
+    for step in range(6):
+        images, _, _, _, keys = _batch(cfg, step, 8, pool, shapes, True)
+        want = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        got = _pixels(processor.image_processor, images, keys, cache)
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    assert cache and all(key is not None for key in cache)  # only pooled images are kept
+    assert len(cache) <= len(pool) + len(shapes)
 
 
 def test_pretraining_settings_out_of_range_are_refused_before_any_work():

@@ -53,20 +53,24 @@ def object_map(scene: Any) -> np.ndarray:
 
 def patch_labels(scene: Any, patch: int) -> np.ndarray:
     """(n_patches, 2): shape index and colour index of the object covering most of each patch
-    (row-major, as the tower orders its tokens), background `len(SHAPES)` / `len(COLOURS)`."""
+    (row-major, as the tower orders its tokens), background `len(SHAPES)` / `len(COLOURS)`. A
+    patch less than a quarter covered by any object is background; among objects covering it
+    equally, the one drawn first wins. Counted for all patches at once (one count per object)."""
     owner = object_map(scene)
     height, width = owner.shape
-    out = []
-    for py in range(0, height - height % patch, patch):
-        for px in range(0, width - width % patch, patch):
-            block = owner[py:py + patch, px:px + patch].ravel()
-            ids, counts = np.unique(block[block >= 0], return_counts=True)
-            if len(ids) and counts.max() >= patch * patch / 4:
-                obj = scene.objects[int(ids[counts.argmax()])]
-                out.append((SHAPES.index(obj.shape), COLOURS.index(obj.colour)))
-            else:
-                out.append((len(SHAPES), len(COLOURS)))
-    return np.asarray(out, dtype=np.int64)
+    gy, gx = height // patch, width // patch
+    blocks = owner[:gy * patch, :gx * patch].reshape(gy, patch, gx, patch).transpose(0, 2, 1, 3)
+    blocks = blocks.reshape(gy * gx, patch * patch)
+    n_obj = len(scene.objects)
+    if n_obj == 0:
+        counts = np.zeros((gy * gx, 1), dtype=np.int64)
+    else:
+        counts = (blocks[:, :, None] == np.arange(n_obj, dtype=blocks.dtype)).sum(axis=1)
+    best = counts.argmax(axis=1)  # the first of the maxima: the lowest object index
+    covered = counts.max(axis=1) >= patch * patch / 4
+    table = np.asarray([(SHAPES.index(o.shape), COLOURS.index(o.colour)) for o in scene.objects] or [(0, 0)],
+                       dtype=np.int64)
+    return np.where(covered[:, None], table[best], [len(SHAPES), len(COLOURS)]).astype(np.int64)
 
 
 def word_patch_labels(image: Any, patch: int, word: int) -> np.ndarray:

@@ -85,8 +85,10 @@ def _tower_states(tower: Any, pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 def _batch(cfg: TinyVLMConfig, step: int, n: int, pool: ScenePool, shapes: ShapePool, patch: bool):
-    """(images, query indices, answer indices, patch labels or None per image) of one step:
-    scenes sampled from the pools (as the VLM stage samples them), words drawn afresh."""
+    """(images, query indices, answer indices, patch labels or None per image, keys) of one step:
+    scenes sampled from the pools (as the VLM stage samples them), words drawn afresh. `keys`
+    names each pooled image (("colour", i) or ("shape", j)) and is None for a fresh word, so that
+    `_pixels` processes a pooled image once."""
     n_colour, n_shape = round(n * cfg.pretrain_shares[0]), round(n * cfg.pretrain_shares[1])
     n_word = n - n_colour - n_shape
     rng = np.random.default_rng([cfg.seed, _STREAM, step])
@@ -99,7 +101,24 @@ def _batch(cfg: TinyVLMConfig, step: int, n: int, pool: ScenePool, shapes: Shape
     answer = np.concatenate([pool.target_colour[i], len(COLOURS) + shapes.target_shape[j], words])
     labels: list[np.ndarray | None] = ([pool.patches[k] for k in i] + [shapes.patches[k] for k in j] if patch
                                        else [None] * (n_colour + n_shape))
-    return images, torch.as_tensor(query), torch.as_tensor(answer), labels + [None] * n_word
+    keys = [("colour", int(k)) for k in i] + [("shape", int(k)) for k in j] + [None] * n_word
+    return images, torch.as_tensor(query), torch.as_tensor(answer), labels + [None] * n_word, keys
+
+
+def _pixels(image_processor: Any, images: list[Any], keys: list[Any], cache: dict[Any, torch.Tensor]) -> torch.Tensor:
+    """The processor's pixel_values of `images`, each pooled one (a key not None) processed once
+    and kept in `cache`. The processor treats each image on its own (resize, rescale, normalise),
+    so the stack is the tensor it returns for the whole list, to the last bit (tested)."""
+    fresh = [k for k, key in enumerate(keys) if key is None or key not in cache]
+    if fresh:
+        done = image_processor(images=[images[k] for k in fresh], return_tensors="pt")["pixel_values"]
+        out = dict(zip(fresh, done))
+        for k, value in out.items():
+            if keys[k] is not None:
+                cache[keys[k]] = value
+    else:
+        out = {}
+    return torch.stack([out[k] if k in out else cache[key] for k, key in enumerate(keys)])
 
 
 def _lr(step: int, cfg: TinyVLMConfig) -> float:
@@ -131,13 +150,13 @@ def pretrain_tower(model: Any, processor: Any, cfg: TinyVLMConfig, pool: ScenePo
     params = [*tower.parameters(), *reader.parameters(), *(head.parameters() if head else ()),
               *(word_head.parameters() if word_head else ())]
     opt = torch.optim.AdamW(params, lr=cfg.pretrain_lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    start, history, running = time.time(), [], []
+    start, history, running, cache = time.time(), [], [], {}
     tower.train()
     for step in range(cfg.pretrain_steps):
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
-        images, query, answer, labels = _batch(cfg, step, cfg.pretrain_batch, pool, shapes, head is not None)
-        pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        images, query, answer, labels, keys = _batch(cfg, step, cfg.pretrain_batch, pool, shapes, head is not None)
+        pixels = _pixels(processor.image_processor, images, keys, cache)
         states = _tower_states(tower, pixels)
         logits = reader(states, query)
         loss = nn.functional.cross_entropy(logits, answer)
