@@ -1,6 +1,6 @@
 """Train the small LLaVA shipped in data/tiny_vlm, evaluate it on held-out cases, write its card.
 
-    python experiments/train_tiny_vlm.py                      # the shipped recipe (~61 min, 2 cores)
+    python experiments/train_tiny_vlm.py                      # the shipped recipe (~53 min, 2 cores)
     python experiments/train_tiny_vlm.py --out /tmp/m --recipe base   # the previous 4-layer model (~14 min)
     python experiments/train_tiny_vlm.py --out /tmp/m --steps 200 --seed 1
     python experiments/train_tiny_vlm.py --metrics-only data/tiny_vlm
