@@ -61,11 +61,8 @@ def patch_labels(scene: Any, patch: int) -> np.ndarray:
     gy, gx = height // patch, width // patch
     blocks = owner[:gy * patch, :gx * patch].reshape(gy, patch, gx, patch).transpose(0, 2, 1, 3)
     blocks = blocks.reshape(gy * gx, patch * patch)
-    n_obj = len(scene.objects)
-    if n_obj == 0:
-        counts = np.zeros((gy * gx, 1), dtype=np.int64)
-    else:
-        counts = (blocks[:, :, None] == np.arange(n_obj, dtype=blocks.dtype)).sum(axis=1)
+    ids = np.arange(max(len(scene.objects), 1), dtype=blocks.dtype)  # one column even for an empty scene
+    counts = (blocks[:, :, None] == ids).sum(axis=1)
     best = counts.argmax(axis=1)  # the first of the maxima: the lowest object index
     covered = counts.max(axis=1) >= patch * patch / 4
     table = np.asarray([(SHAPES.index(o.shape), COLOURS.index(o.colour)) for o in scene.objects] or [(0, 0)],

@@ -110,15 +110,10 @@ def _pixels(image_processor: Any, images: list[Any], keys: list[Any], cache: dic
     and kept in `cache`. The processor treats each image on its own (resize, rescale, normalise),
     so the stack is the tensor it returns for the whole list, to the last bit (tested)."""
     fresh = [k for k, key in enumerate(keys) if key is None or key not in cache]
-    if fresh:
-        done = image_processor(images=[images[k] for k in fresh], return_tensors="pt")["pixel_values"]
-        out = dict(zip(fresh, done))
-        for k, value in out.items():
-            if keys[k] is not None:
-                cache[keys[k]] = value
-    else:
-        out = {}
-    return torch.stack([out[k] if k in out else cache[key] for k, key in enumerate(keys)])
+    done = dict(zip(fresh, image_processor(images=[images[k] for k in fresh], return_tensors="pt")["pixel_values"]
+                    if fresh else ()))
+    cache.update({keys[k]: value for k, value in done.items() if keys[k] is not None})
+    return torch.stack([done[k] if k in done else cache[key] for k, key in enumerate(keys)])
 
 
 def _lr(step: int, cfg: TinyVLMConfig) -> float:
