@@ -28,6 +28,7 @@ parser.add_argument("--items", default="colour", help="colour, soebench or a .js
 parser.add_argument("--n-items", type=int, default=48)
 parser.add_argument("--variants", default="default", help="default or rest+")
 parser.add_argument("--max-new-tokens", type=int, default=12)
+parser.add_argument("--canvas", default="auto", help="auto, none or a square's side in pixels (see the CLI's --canvas)")
 parser.add_argument("--typographic", action="store_true")
 parser.add_argument("--n-per-cell", type=int, default=2, help="--typographic: groups per tier cell")
 parser.add_argument("--seed", type=int, default=0)
@@ -51,7 +52,7 @@ else:
     run = run_consistency(model=args.model, items=args.items, n_items=args.n_items, variants=args.variants,
                           max_new_tokens=args.max_new_tokens, seed=args.seed, resume=args.resume,
                           out=args.out or f"runs/consistency-{args.items.split('/')[-1]}-seed{args.seed}",
-                          threads=args.threads)
+                          threads=args.threads, canvas=args.canvas)
     s = json.loads((run.path / "summary.json").read_text())
     show = lambda m: "n/a" if m["value"] is None else (  # noqa: E731
         f"{m['value']:.3f}" + (f" [{m['ci_low']:.3f}, {m['ci_high']:.3f}]" if m["ci_low"] is not None else ""))

@@ -23,7 +23,7 @@ from typing import Any
 
 from transformers.processing_utils import ProcessorMixin
 
-__all__ = ["HAS_TORCHVISION", "PixtralProcessorPil", "images_only", "load_processor"]
+__all__ = ["HAS_TORCHVISION", "PixtralProcessorPil", "images_only", "load_processor", "square_input_side"]
 
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 
@@ -170,3 +170,26 @@ def load_processor(location: str, model_type: str | None = None, *, trust_remote
         return processor, (IMAGES_ONLY_NOTE.format(cls=name),)
     return processor, (f"images only: {name} needs torchvision, which is not installed; using the same token "
                        "layout on the PIL image processor",)
+
+
+def square_input_side(image_processor: Any) -> int | None:
+    """The side in pixels of the square every image becomes, when the image processor makes one
+    image a fixed square: a centre crop to a square (CLIP-style: a wide strip of rendered text
+    loses both ends) or a resize to a fixed square size (SigLIP-style: the strip is squashed).
+    None when it keeps the aspect ratio or tiles the image (dynamic resolution, any-res grids,
+    image splitting, tiles), where a rendering of any shape reaches the model whole."""
+    if any(getattr(image_processor, name, None) for name in
+           ("image_grid_pinpoints", "do_image_splitting", "crop_to_patches", "max_image_tiles", "max_pixels")):
+        return None
+    if getattr(image_processor, "do_center_crop", False):
+        side = _square(getattr(image_processor, "crop_size", None))
+        if side:
+            return side
+    return _square(getattr(image_processor, "size", None)) if getattr(image_processor, "do_resize", True) else None
+
+
+def _square(size: Any) -> int | None:
+    """The side of a {height, width} size (a dict or transformers' SizeDict) when they are equal."""
+    get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
+    height, width = get("height"), get("width")
+    return int(height) if height is not None and height == width else None

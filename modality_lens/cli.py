@@ -295,7 +295,7 @@ def _consistency(args: argparse.Namespace) -> int:
                               max_new_tokens=args.max_new_tokens, ocr=args.ocr,
                               ocr_max_new_tokens=args.ocr_max_new_tokens, batch_size=args.batch_size,
                               limit=args.limit, seed=args.seed, resume=args.resume, out=args.out,
-                              **_job_options(args))
+                              canvas=args.canvas, **_job_options(args))
     print("variant, subset, n, RER, CFR, MMC, accuracy text / image / mixed [95% CI], invalid")
     for row in metric_rows(run_dir.read_summary()):
         print("  " + "  ".join(row))
@@ -330,6 +330,10 @@ def _add_consistency(sub: Any) -> None:
                    help="items of a built-in source, >= 1 (default 24)")
     p.add_argument("--variants", type=_option(consistency_args.variants_option), default="default",
                    help="default (DejaVu Sans, 100 DPI, black) or rest+ (3 fonts x 3 DPIs + red text)")
+    p.add_argument("--canvas", type=_option(consistency_args.canvas_option), default="auto",
+                   help="auto (default: fit every rendering to a square of the model's input side when its processor "
+                        "crops or resizes every image to one square, else none), none (the text at its point size, "
+                        "any shape), or a square's side in pixels at 100 DPI")
     p.add_argument("--max-new-tokens", type=_option(checks.positive_int, "--max-new-tokens"), default=12,
                    help="generation budget of an answer, >= 1 (default 12)")
     p.add_argument("--no-ocr", dest="ocr", action="store_false", help="skip the OCR gate (no CER = 0 subset)")

@@ -36,6 +36,7 @@ import torch
 
 from hooks.generate import generate
 from hooks.loading import VLM
+from hooks.processors import square_input_side
 from hooks.prompts import PromptItem
 from hooks.similarity import cosine_by_layer, group_means, span_means
 from interp.consistency import character_error_rate
@@ -78,7 +79,8 @@ class ConsistencyRunDir(UnitRunDir):
     `ROW_LAYER_SCHEMA`); a chunk's units are its ``unit_id``s."""
 
     ROW_SCHEMA, LAYER_SCHEMA = ROW_SCHEMA, ROW_LAYER_SCHEMA
-    IDENTITY_ARGUMENTS = ("items_source", "n_items", "variants", "max_new_tokens", "ocr", "ocr_max_new_tokens")
+    IDENTITY_ARGUMENTS = ("items_source", "n_items", "variants", "max_new_tokens", "ocr", "ocr_max_new_tokens",
+                          "canvas_px")
 
     @property
     def rows_path(self) -> Path:
@@ -193,19 +195,25 @@ def run_consistency(*, model: str | None = None, items: str = "colour", n_items:
                     device: str | None = None, dtype: str | None = None, limit: int | None = None, seed: int = 0,
                     resume: bool = False, out: str | None = None, n_boot: int = 1000, progress: bool = True,
                     figures: bool = True, threads: int | None = None, engine: EngineOptions | None = None,
-                    device_map: str | None = None, memory_check: bool = True) -> ConsistencyRunDir:
+                    device_map: str | None = None, memory_check: bool = True, canvas: str | int = "auto"
+                    ) -> ConsistencyRunDir:
     """The consistency study: items x variants x formats -> run directory, summary, report.
 
     Every argument is checked and the items built (a bad JSONL line stops here) before a model is
     loaded or anything written. A killed run continues with ``resume=True`` (same model, items,
-    seed, dtype, limit, batch size, variants, token budgets and OCR setting). ``engine``,
+    seed, dtype, limit, batch size, variants, token budgets, OCR setting and canvas). ``canvas``:
+    ``auto`` fits every rendering to a square of the model's input side when its processor makes
+    every image one square (`hooks.processors.square_input_side`: a centre crop would cut a wide
+    strip of text, a fixed resize squash it), ``none`` renders at the point size whatever the
+    shape, a number is that side in pixels (at 100 DPI; `Variant.canvas`). ``engine``,
     ``device_map`` and ``memory_check`` are the main job's (`modality_lens.pipeline.run`): on Ray
     workers each shard is one chunk of ``batch_size`` units (its generation batches), as here.
     """
     args = check_consistency_arguments(items=items, n_items=n_items, variants=variants,
                                        max_new_tokens=max_new_tokens, ocr=ocr, ocr_max_new_tokens=ocr_max_new_tokens,
                                        threads=threads, batch_size=batch_size, limit=limit, seed=seed, n_boot=n_boot,
-                                       out=out or Path("runs") / f"consistency-seed{seed}", resume=resume)
+                                       out=out or Path("runs") / f"consistency-seed{seed}", resume=resume,
+                                       canvas=canvas)
     from modality_lens.consistency_summary import finalize_consistency
     from modality_lens.pipeline import ModelSpec, UnitSetup, fill_chunks
 
@@ -214,10 +222,11 @@ def run_consistency(*, model: str | None = None, items: str = "colour", n_items:
     spec = ModelSpec.of(model, device=device, dtype=dtype, threads=args.threads, device_map=device_map,
                         memory_check=memory_check)
     vlm = spec.load()
-    units = [(it, var) for var in args.variant_list for it in item_list]
+    side = args.canvas_side(square_input_side(vlm.processor.image_processor))
+    units = [(it, var) for var in args.variants_on(side) for it in item_list]
     run_dir = ConsistencyRunDir(args.out)
     new_folder = not run_dir.path.exists()
-    run_dir.create(args.run_info(vlm, spec, item_list, engine), resume=resume)
+    run_dir.create(args.run_info(vlm, spec, item_list, engine, side), resume=resume)
     fill_chunks(run_dir, new_folder, units, lambda u: f"{u[0].item_id}/{u[1].name}", vlm,
                 UnitSetup(spec, consistency_rows, args), batch_size=args.batch_size, progress=progress, engine=engine,
                 finish=lambda: finalize_consistency(run_dir, n_boot=args.n_boot, seed=args.seed, figures=figures),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ from interp.datasets.soebench import soebench
 from interp.errors import ArgumentError, DatasetError
 from modality_lens.arguments import check_run_arguments, positive_int
 
-__all__ = ["ConsistencyArguments", "check_consistency_arguments", "variants_option", "items_option", "VARIANT_SETS",
+__all__ = ["ConsistencyArguments", "check_consistency_arguments", "variants_option", "items_option", "canvas_option",
+           "VARIANT_SETS",
            "ITEM_SOURCES"]
 
 ITEM_SOURCES = ("colour", "soebench")
@@ -47,6 +48,16 @@ def variants_option(value: Any) -> str:
     return str(value)
 
 
+def canvas_option(value: Any) -> str:
+    """``auto``, ``none`` or a canvas side in pixels (>= 8), as a string."""
+    text = str(value).strip().lower()
+    if text in ("auto", "none") or (text.isdigit() and int(text) >= 8):
+        return text
+    raise ArgumentError(f"--canvas must be auto (a square of the model's input side when its processor makes every "
+                        f"image one square), none (the text at its point size, any shape) or a side in pixels "
+                        f">= 8; got {value!r}")
+
+
 @dataclass(frozen=True)
 class ConsistencyArguments:
     """The checked arguments of `modality_lens.consistency.run_consistency`."""
@@ -63,10 +74,20 @@ class ConsistencyArguments:
     n_boot: int
     out: Path
     threads: int | None
+    canvas: str = "auto"
 
     @property
     def variant_list(self) -> tuple[Variant, ...]:
         return VARIANT_SETS[self.variants]
+
+    def canvas_side(self, square_side: int | None) -> int | None:
+        """The canvas of the renderings in pixels at 100 DPI: `square_side` (the square the
+        model's processor makes of every image, or None) for ``auto``, None for ``none``."""
+        return square_side if self.canvas == "auto" else None if self.canvas == "none" else int(self.canvas)
+
+    def variants_on(self, canvas: int | None) -> tuple[Variant, ...]:
+        """`variant_list`, each fitted to a square `canvas` (`Variant.canvas`; None: as listed)."""
+        return tuple(replace(v, canvas=canvas) for v in self.variant_list)
 
     def items(self) -> list[ConsistencyItem]:
         """The items: `n_items` of a built-in source (seeded), or the JSONL file's (`limit` of them)."""
@@ -91,20 +112,22 @@ class ConsistencyArguments:
         return {"source": self.items_source, "parameters": {"n_items": self.n_items, "seed": self.seed},
                 "hash": digest, "n_items": len(items)}
 
-    def run_info(self, vlm: Any, spec: Any, items: list[ConsistencyItem], engine: Any) -> dict[str, Any]:
-        """run.json's fields (`spec`: the `pipeline.ModelSpec`); the engine's settings when it is not the local one."""
+    def run_info(self, vlm: Any, spec: Any, items: list[ConsistencyItem], engine: Any,
+                 canvas: int | None = None) -> dict[str, Any]:
+        """run.json's fields (`spec`: the `pipeline.ModelSpec`; `canvas`: the renderings' square side
+        at 100 DPI, None for none); the engine's settings when it is not the local one."""
         import torch
 
         arguments = {k: v for k, v in asdict(self).items() if k not in ("out", "seed")}
         arguments.update({"dtype": str(vlm.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
-                          **engine.arguments()})
+                          "canvas_px": canvas, **engine.arguments()})
         return {"job": "consistency", "model": spec.model_info(vlm), "dataset": self.data_info(items),
                 "seed": self.seed, "arguments": arguments, "device": vlm.placement}
 
 
 def check_consistency_arguments(*, items: Any, n_items: Any, variants: Any, max_new_tokens: Any, ocr: Any,
                                 ocr_max_new_tokens: Any, threads: Any, batch_size: Any, limit: Any, seed: Any,
-                                n_boot: Any, out: Any, resume: bool) -> ConsistencyArguments:
+                                n_boot: Any, out: Any, resume: bool, canvas: Any = "auto") -> ConsistencyArguments:
     """Every argument of the study, checked (ArgumentError naming the option and the fix)."""
     checked = check_run_arguments(batch_size=batch_size, limit=limit, seed=seed, n_per_cell=1, image_size=None,
                                   n_boot=n_boot, dataset=None, out=out, resume=resume)
@@ -113,4 +136,5 @@ def check_consistency_arguments(*, items: Any, n_items: Any, variants: Any, max_
         variants=variants_option(variants), max_new_tokens=positive_int("--max-new-tokens", max_new_tokens),
         ocr=bool(ocr), ocr_max_new_tokens=positive_int("--ocr-max-new-tokens", ocr_max_new_tokens),
         batch_size=checked["batch_size"], limit=checked["limit"], seed=checked["seed"], n_boot=checked["n_boot"],
-        out=checked["out"], threads=None if threads is None else positive_int("--threads", threads))
+        out=checked["out"], threads=None if threads is None else positive_int("--threads", threads),
+        canvas=canvas_option(canvas))

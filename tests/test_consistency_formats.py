@@ -95,6 +95,71 @@ def test_bad_rendering_arguments():
         ConsistencyItem("x", "jsonl", "Q?", "")
 
 
+def _ink_box(rgb: np.ndarray) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the pixels darker than white, right and bottom exclusive."""
+    ys, xs = np.nonzero(rgb.min(axis=-1) < 200)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def test_a_canvas_fits_the_text_to_a_square_the_dpi_scales():
+    text = "Everyone can see that the circle is red."
+    for dpi, side in ((50, 32), (100, 64), (200, 128)):
+        image = Variant("x", dpi=dpi, canvas=64).render(text)
+        assert image.size == (side, side)
+        assert _png(image) == _png(Variant("x", dpi=dpi, canvas=64).render(text))
+    image = np.asarray(Variant("x", canvas=64).render(text))
+    left, top, right, bottom = _ink_box(image)
+    assert 0 < left and right < 64 and 0 < top and bottom < 64  # all of it inside, a margin around it
+    assert right - left > 0.75 * 64  # as large as fits: the widest line spans most of the canvas
+    height = lambda im: (lambda b: b[3] - b[1])(_ink_box(np.asarray(im)))  # noqa: E731
+    # a short text is drawn larger than at its point size: "red" at 12 pt is about 12 px of ink high
+    assert height(Variant("x", canvas=64).render("red")) > 1.5 * height(Variant("x").render("red"))
+    red = np.asarray(Variant("x", canvas=64, colour="red").render(text)).astype(int)
+    assert (red[..., 0] - red[..., 1] > 100).any()  # the variant's colour
+    with pytest.raises(DatasetError, match="--canvas"):
+        Variant("x", canvas=8, dpi=50).render(" ".join(["word"] * 400))
+    for bad in (dict(dpi=0), dict(canvas=0)):
+        with pytest.raises(ValueError, match="dpi > 0 and canvas >= 1"):
+            Variant("x", **{"canvas": 64, **bad}).render(text)
+    with pytest.raises(ValueError, match="non-empty"):
+        Variant("x", canvas=64).render("  ")
+
+
+def test_a_square_canvas_reaches_a_cropping_processor_whole():
+    """A CLIP-style processor resizes the short side and crops the centre square: the point-size
+    rendering of a sentence (a wide strip) loses both ends; the canvas rendering arrives whole."""
+    from transformers import CLIPImageProcessor
+
+    from hooks.processors import square_input_side
+
+    processor = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64},
+                                   image_mean=[0.0] * 3, image_std=[1.0] * 3)
+    assert square_input_side(processor) == 64
+    text = "Everyone can see that the circle is red."
+    seen = lambda im: (processor(images=[im], return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)  # noqa: E731
+                       * 255).round()
+    source = Variant("x").render(text)
+    ink = lambda a: float((255 - np.asarray(a, dtype=float)).sum())  # noqa: E731
+    scale = (64 / min(source.size)) ** 2  # the resize multiplies the ink by the area's scale
+    assert source.size[0] > 3 * source.size[1] and ink(seen(source)) < 0.3 * ink(source) * scale  # most is cut
+    whole = Variant("x", canvas=64).render(text)
+    assert _ink_box(seen(whole)) == _ink_box(np.asarray(whole))
+
+
+def test_the_square_every_image_becomes_is_read_from_the_processor():
+    import transformers as T
+
+    from hooks.processors import square_input_side
+
+    assert square_input_side(T.CLIPImageProcessor(crop_size={"height": 336, "width": 336})) == 336
+    assert square_input_side(T.CLIPImageProcessor(do_center_crop=False, size={"shortest_edge": 336})) is None
+    assert square_input_side(T.SiglipImageProcessor(size={"height": 224, "width": 224})) == 224  # squashed
+    assert square_input_side(T.SiglipImageProcessor(size={"height": 224, "width": 448})) is None
+    for dynamic in (T.Qwen2VLImageProcessor(), T.LlavaNextImageProcessor(), T.Idefics3ImageProcessor(),
+                    T.MllamaImageProcessor()):  # dynamic resolution, any-res grids, splitting, tiles
+        assert square_input_side(dynamic) is None, type(dynamic).__name__
+
+
 # --------------------------------------------------------------------------- read-back by template matching
 def _mono_font(pixels: int) -> ImageFont.FreeTypeFont:
     import matplotlib  # found here independently of interp.datasets.render.font_path

@@ -47,7 +47,10 @@ def test_rows_of_every_item_and_format(small_run):
     layers = pq.read_table(small_run / "row_layers.parquet").to_pylist()
     assert len(rows) == 4 * 2 + 3  # text and image for all four, mixed for the three with a context
     assert {r["format"] for r in rows if r["item_id"] == "bare"} == {"text", "image"}
-    n_layers = json.loads((small_run / "run.json").read_text())["model"]["n_layers"]
+    info = json.loads((small_run / "run.json").read_text())
+    n_layers = info["model"]["n_layers"]
+    # tiny:llava's CLIP processor crops every image to 32 x 32: --canvas auto fits the renderings to it
+    assert info["arguments"]["canvas"] == "auto" and info["arguments"]["canvas_px"] == 32
     assert len(layers) == len(rows) * (n_layers + 1)
     for r in rows:
         assert (r["cer"] is None) == (r["format"] == "text")
@@ -102,6 +105,9 @@ def test_resume_after_sigkill_gives_the_uninterrupted_rows(tmp_path):
     proc = _cli(*args, "--out", str(killed), "--resume", "--max-new-tokens", "4")
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 2 and "max_new_tokens" in err and "Nothing was changed" in err
+    proc = _cli(*args, "--out", str(killed), "--resume", "--canvas", "none")  # other renderings: other numbers
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and "canvas_px 32 != requested None" in err and "Nothing was changed" in err
     assert sorted(p.name for p in (killed / "cases").iterdir()) == before
 
 
@@ -109,6 +115,8 @@ def test_resume_after_sigkill_gives_the_uninterrupted_rows(tmp_path):
     (["--items", "missing.jsonl"], "--items must be one of colour, soebench or an existing .jsonl file"),
     (["--variants", "fancy"], "--variants must be one of default, rest+"),
     (["--max-new-tokens", "0"], "--max-new-tokens"),
+    (["--canvas", "4"], "--canvas must be auto"),
+    (["--canvas", "square"], "--canvas must be auto"),
 ])
 def test_bad_options_stop_before_anything_is_written(option, words, tmp_path):
     proc = _cli("--model", "tiny:llava", "--out", str(tmp_path / "r"), *option)

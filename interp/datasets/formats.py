@@ -57,15 +57,28 @@ sentence end."""
 
 @dataclass(frozen=True)
 class Variant:
-    """A rendering of the rendered parts: font, DPI, text colour, font size in points."""
+    """A rendering of the rendered parts: font, DPI, text colour, font size in points; or, with
+    `canvas` (pixels at 100 DPI), the text wrapped and fitted at the largest size that fills a
+    square canvas of `canvas` x DPI / 100 pixels (the font size is then the fit's)."""
 
     name: str
     font: str = "sans"
     dpi: int = 100
     colour: str = "black"
     font_size: float = 12.0
+    canvas: int | None = None
 
     def render(self, text: str, width: int = RENDER_WIDTH) -> Image.Image:
+        if self.canvas is not None:
+            if not text.strip() or self.dpi <= 0 or self.canvas < 1:
+                raise ValueError(f"a canvas rendering needs non-empty text, dpi > 0 and canvas >= 1 (got {text!r}, "
+                                 f"dpi {self.dpi}, canvas {self.canvas})")
+            side = max(1, round(self.canvas * self.dpi / 100))
+            try:
+                return fit_text(text, side, font=self.font, colour=self.colour, min_pixels=1)
+            except ValueError:
+                raise DatasetError(f"{text[:60]!r}... does not fit a {side} px square canvas even at 1 px per line; "
+                                   f"use a larger canvas (--canvas) or none (--canvas none)") from None
         # the width scales with the DPI so the line breaks are the same at every resolution
         return render_text(text, font=self.font, font_size=self.font_size, dpi=self.dpi, colour=self.colour,
                            width=max(1, round(width * self.dpi / 100)))
