@@ -25,8 +25,9 @@ from typing import Any, Sequence
 import torch
 
 from hooks.loading import VLM
+from hooks.processors import square_input_side
 from hooks.prompts import PromptItem, append_tokens
-from interp.datasets.formats import SIGN_FRACTION, sign_images
+from interp.datasets.formats import SIGN_FRACTION, pad_square, sign_images
 from interp.following import correct_in_both
 from interp.logit_lens import trajectories
 from interp.vocabulary import PASSES
@@ -39,13 +40,18 @@ from modality_lens.shipped import auto_image_size
 __all__ = ["typographic_items", "typographic_rows", "run_typographic"]
 
 
-def typographic_items(case: Any, fraction: float = SIGN_FRACTION) -> dict[str, PromptItem]:
-    """The three passes' PromptItems of a case (no text context in any of them)."""
+def typographic_items(case: Any, fraction: float = SIGN_FRACTION, square: bool = False) -> dict[str, PromptItem]:
+    """The three passes' PromptItems of a case (no text context in any of them); `square`: each
+    image centred on a white square (`pad_square`), for a processor that makes every image one
+    square (`hooks.processors.square_input_side`): a centre crop would cut the scene's top and
+    the sign's bottom off the taller-than-wide signed canvas."""
     scene = case.open_image()
     signed, alone = sign_images(scene, case.context, fraction=fraction)
     top = signed.size[1] - (alone.size[1] - _sign_top(alone))
     clean = signed.copy()
     clean.paste((255, 255, 255), (0, top, *clean.size))  # the sign area blank: the scene alone
+    if square:
+        clean, alone, signed = pad_square(clean), pad_square(alone), pad_square(signed)
     question = case_item(case, image=scene).question
     return {"vision": PromptItem(question, None, clean), "text": PromptItem(question, None, alone),
             "conflict": PromptItem(question, None, signed)}
@@ -76,7 +82,8 @@ def _answer(traj: Any, pair: Any, tokenizer: Any) -> tuple[str, str]:
 def typographic_rows(vlm: VLM, cases: Sequence[Any], fraction: float = SIGN_FRACTION) -> tuple[list, list]:
     """The main job's case rows and layer rows of `cases` under the typographic passes."""
     pairs = case_pairs(vlm.tokenizer, cases)
-    items = [typographic_items(c, fraction) for c in cases]
+    square = square_input_side(vlm.processor.image_processor) is not None
+    items = [typographic_items(c, fraction, square) for c in cases]
     trajs = {name: _pass(vlm, [it[name] for it in items], pairs) for name in PASSES}
     answers = {name: [_answer(t, p, vlm.tokenizer) for t, p in zip(trajs[name], pairs)] for name in PASSES}
     filtered = correct_in_both([a for a, _ in answers["vision"]], [a for a, _ in answers["text"]],
@@ -118,6 +125,7 @@ def run_typographic(*, model: str | None = None, dataset: str = "colour", n_per_
                     "arguments": {"dtype": str(vlm.dtype).removeprefix("torch."), "limit": checked["limit"],
                                   "batch_size": checked["batch_size"], "n_per_cell": checked["n_per_cell"],
                                   "n_boot": checked["n_boot"], "sign_fraction": SIGN_FRACTION,
+                                  "sign_square": square_input_side(vlm.processor.image_processor) is not None,
                                   "threads": torch.get_num_threads(), **engine.arguments()},
                     "device": vlm.placement}, resume=resume)
 

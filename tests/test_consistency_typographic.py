@@ -35,9 +35,19 @@ def test_typographic_run_is_a_main_job_run_directory(tmp_path):
     v, t, c = (np.asarray(items[k].image) for k in ("vision", "text", "conflict"))
     scene_rows = (t == 255).all(axis=(1, 2))
     assert (v[scene_rows] == c[scene_rows]).all() and (t[~scene_rows] == c[~scene_rows]).all()
+    squares = typographic_items(case, square=True)
+    for name, item in squares.items():  # the same picture, centred on a white square
+        w, h = items[name].image.size
+        big = np.asarray(item.image)
+        assert item.image.size == (h, h) and h > w
+        left = (h - w) // 2
+        assert (big[:, left:left + w] == np.asarray(items[name].image)).all()
+        assert (big[:, :left] == 255).all() and (big[:, left + w:] == 255).all()
     run = run_typographic(model="tiny:llava", n_per_cell=1, limit=12, batch_size=6, out=str(tmp_path / "t"),
                           n_boot=20, progress=False, threads=1)
     summary = json.loads((run.path / "summary.json").read_text())
     assert summary["n_cases"] == 12 and "balance_point" in summary and "oscillation" in summary
-    assert json.loads((run.path / "run.json").read_text())["job"] == "typographic"
+    info = json.loads((run.path / "run.json").read_text())
+    # tiny:llava's processor crops every image to a 32 px square: the passes' images are padded to squares
+    assert info["job"] == "typographic" and info["arguments"]["sign_square"] is True
     assert (run.path / "report.html").exists()

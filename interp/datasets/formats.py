@@ -42,7 +42,7 @@ from interp.errors import DatasetError
 
 __all__ = [
     "IMAGE_PROMPT", "RENDER_WIDTH", "REST_PLUS", "DEFAULT_VARIANT", "ConsistencyItem", "FormattedItem", "Variant",
-    "SIGN_FRACTION", "colour_items", "item_formats", "load_items", "sign_images", "soe_items",
+    "SIGN_FRACTION", "colour_items", "item_formats", "load_items", "pad_square", "sign_images", "soe_items",
 ]
 
 IMAGE_PROMPT = "Answer the question in the image."
@@ -256,3 +256,15 @@ def sign_images(scene: Image.Image, text: str, *, fraction: float = SIGN_FRACTIO
         canvas.paste((0, 0, 0), (0, h, w, h + band))  # the frame
         canvas.paste(sign, (1, h + 1))
     return signed, alone
+
+
+def pad_square(image: Image.Image, background: str | tuple[int, int, int] = "white") -> Image.Image:
+    """`image` centred on a square canvas of its longer side (a processor that crops or squashes
+    every image to one square then keeps all of it, at one scale)."""
+    w, h = image.size
+    if w == h:
+        return image.copy()
+    side = max(w, h)
+    canvas = Image.new(image.mode, (side, side), background)
+    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+    return canvas
