@@ -181,6 +181,29 @@ def test_train_script_refuses_a_recipe_train_would_refuse_before_any_work(tmp_pa
         assert exit_.value.code == 2 and says in err, err
         assert not out.exists()
 
+def test_train_script_refuses_a_context_stage_it_cannot_continue(tmp_path, capsys):
+    """`--context-from DIR` needs a recipe with a context stage and a DIR this script wrote with
+    the same recipe and none; each miss is a usage error naming it, before any work."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    try:
+        from train_tiny_vlm import main
+    finally:
+        sys.path.remove(str(REPO / "experiments"))
+    from modality_lens.tiny_vlm import DEFAULT_DIR
+
+    out = tmp_path / "model"
+    (tmp_path / "empty").mkdir()
+    for argv, says in ((["--context-from", str(DEFAULT_DIR), "--set", "context_steps=0"], "context_steps > 0"),
+                       (["--context-from", str(tmp_path / "empty"), "--set", "context_steps=5"], "no training.json"),
+                       (["--context-from", str(DEFAULT_DIR), "--set", "context_steps=5", "--set", "seed=3"],
+                        "it differs in seed")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--out", str(out), *argv])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and says in err, err
+        assert not out.exists()
+
+
 def test_train_script_starts_from_the_shipped_recipe_and_its_card_command_reproduces_a_config():
     """No option: SHIPPED_RECIPE (the recipe data/tiny_vlm's training.json records); `--recipe
     deep` / `base`: DEEP_RECIPE / TinyVLMConfig's defaults; options and --set on top. The card's

@@ -415,3 +415,59 @@ def test_the_copy_steps_draw_vision_only_questions_and_train_the_answer_position
         assert bool(grads["out"][:, -1].abs().sum() > 0) == answer_trained
     with pytest.raises(ValueError, match="copy_steps"):
         check_config(TinyVLMConfig(**{**TINY, "copy_steps": 3}))
+
+
+def test_the_context_stage_continues_a_saved_model_as_a_full_run_does(tmp_path):
+    """`train` with `context_steps` equals `train` without, saved, loaded and given `context_stage`:
+    the stage's draws do not depend on the VLM stage's, so a shipped model can be continued."""
+    import dataclasses
+
+    from transformers import LlavaForConditionalGeneration
+
+    from modality_lens.tiny_vlm.train import context_stage
+
+    cfg = TinyVLMConfig(**{**TINY, "context_steps": 3, "context_share": 0.5})
+    full, processor, log = train(cfg, progress=False)
+    plain, _, plain_log = train(dataclasses.replace(cfg, context_steps=0), progress=False)
+    assert "context_stage" not in plain_log and len(log["context_stage"]["history"]) == 1
+    loaded = LlavaForConditionalGeneration.from_pretrained(save(plain, processor, tmp_path / "plain"))
+    before = {n: p.detach().clone() for n, p in loaded.named_parameters()}
+    stage_log = context_stage(loaded, processor, cfg, progress=False)
+    assert [h["loss"] for h in stage_log["history"]] == [h["loss"] for h in log["context_stage"]["history"]]
+    assert all(torch.equal(p, q) for p, q in zip(full.parameters(), loaded.parameters()))
+    moved = {n for n, p in loaded.named_parameters() if not torch.equal(p, before[n])}
+    # the default recipe trains the whole model in the VLM stage: so does the context stage
+    assert any("language_model" in n for n in moved)
+    frozen = dataclasses.replace(cfg, tower_lr_scale=0.0, projector_lr_scale=0.0)
+    again = LlavaForConditionalGeneration.from_pretrained(tmp_path / "plain")
+    context_stage(again, processor, frozen, progress=False)
+    moved = {n for n, p in again.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and not any("vision_tower" in n or "multi_modal_projector" in n for n in moved), sorted(moved)[:3]
+    assert all(p.requires_grad for p in again.parameters())  # as train() leaves a model
+
+
+def test_a_rendered_context_is_the_sentence_stating_its_label_drawn_on_the_canvas():
+    from interp.datasets.drawing import COLOURS, SHAPES
+    from interp.datasets.render import fit_text
+    from interp.datasets.text import COLOUR_QUESTION, text_context
+    from modality_lens.tiny_vlm.reading import FONT_NAMES
+
+    cfg = TinyVLMConfig(**TINY)
+    mix = TrainingMix(ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size), cfg)
+    twin = np.random.default_rng([cfg.seed, 13])  # the mix's stream, drawn by hand
+    for _ in range(12):
+        e = mix.rendered_context()
+        shape, colour = SHAPES[int(twin.integers(len(SHAPES)))], COLOURS[int(twin.integers(len(COLOURS)))]
+        sentence = text_context(int(twin.integers(2)), shape, colour, twin)
+        font = FONT_NAMES[int(twin.integers(len(FONT_NAMES)))]
+        assert shape in sentence and colour in sentence  # the sentence states the colour of the shape asked
+        assert e.kind == "read" and e.context is None and e.label == colour
+        assert e.question.startswith(COLOUR_QUESTION.format(shape=shape))
+        assert e.image.tobytes() == fit_text(sentence, cfg.image_size, font=font, min_pixels=4).tobytes()
+
+
+def test_the_context_stage_refuses_bad_settings():
+    with pytest.raises(ValueError, match="context_share"):
+        train(TinyVLMConfig(**{**TINY, "context_steps": 2, "context_share": 1.5}), progress=False)
+    with pytest.raises(ValueError, match="context_lr"):
+        train(TinyVLMConfig(**{**TINY, "context_steps": 2, "context_lr": 0.0}), progress=False)

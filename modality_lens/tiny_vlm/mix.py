@@ -279,8 +279,7 @@ class TrainingMix:
         shape, colour = SHAPES[int(rng.integers(len(SHAPES)))], COLOURS[int(rng.integers(len(COLOURS)))]
         question = f"{COLOUR_QUESTION.format(shape=shape)} {INSTRUCTION}"
         if u < 0.75:
-            sentence = text_context(int(rng.integers(2)), shape, colour, rng)
-            return Example("read", question, None, context_image(sentence, size, rng), colour)
+            return self._context_read(shape, colour)
         word = COLOURS[int(rng.integers(len(COLOURS)))]
         c_abs = COLOURS[int(rng.choice([k for k, c in enumerate(COLOURS) if c != colour]))]
         image, _ = sign_scene(int(rng.integers(5)), shape, colour, word, size, rng,
@@ -289,6 +288,19 @@ class TrainingMix:
         if rng.random() < 0.5:
             return Example("read", f"{READ_QUESTION} {INSTRUCTION}", None, image, word)
         return Example("read", question, None, image, colour)
+
+    def rendered_context(self) -> Example:
+        """A rendered tier-0/1 context sentence about a random shape and colour, asked that
+        shape's colour (the reading task's context branch; the context stage's examples)."""
+        rng = self.rng
+        shape, colour = SHAPES[int(rng.integers(len(SHAPES)))], COLOURS[int(rng.integers(len(COLOURS)))]
+        return self._context_read(shape, colour)
+
+    def _context_read(self, shape: str, colour: str) -> Example:
+        rng = self.rng
+        sentence = text_context(int(rng.integers(2)), shape, colour, rng)
+        return Example("read", f"{COLOUR_QUESTION.format(shape=shape)} {INSTRUCTION}", None,
+                       context_image(sentence, self.cfg.image_size, rng), colour)
 
     def _conflict(self, i: int) -> Example:
         """Scene `i` with a relevant context stating a colour absent from the image, no

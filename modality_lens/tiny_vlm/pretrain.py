@@ -49,7 +49,7 @@ from modality_lens.tiny_vlm.mix import ScenePool
 from modality_lens.tiny_vlm.reading import ShapePool, word_image
 from modality_lens.tiny_vlm.recipe import TinyVLMConfig
 
-__all__ = ["Reader", "pretrain_tower", "copy_reader_projector", "PRETRAIN_SHARES", "ANSWERS", "READ"]
+__all__ = ["Reader", "pretrain_tower", "cosine_lr", "copy_reader_projector", "PRETRAIN_SHARES", "ANSWERS", "READ"]
 
 ANSWERS: tuple[str, ...] = COLOURS + SHAPES
 """The reader's answer words, in this order."""
@@ -116,12 +116,17 @@ def _pixels(image_processor: Any, images: list[Any], keys: list[Any], cache: dic
     return torch.stack([done[k] if k in done else cache[key] for k, key in enumerate(keys)])
 
 
+def cosine_lr(step: int, peak: float, warmup: int, total: int) -> float:
+    """A linear warm-up to `peak` over `warmup` steps, then a cosine decay to 5% of it at `total`
+    (every training stage's schedule)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def _lr(step: int, cfg: TinyVLMConfig) -> float:
-    warm = min(cfg.warmup, max(1, cfg.pretrain_steps // 10))
-    if step < warm:
-        return cfg.pretrain_lr * (step + 1) / warm
-    progress = (step - warm) / max(1, cfg.pretrain_steps - warm)
-    return cfg.pretrain_lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return cosine_lr(step, cfg.pretrain_lr, min(cfg.warmup, max(1, cfg.pretrain_steps // 10)), cfg.pretrain_steps)
 
 
 def pretrain_tower(model: Any, processor: Any, cfg: TinyVLMConfig, pool: ScenePool, shapes: ShapePool, *,

@@ -27,6 +27,7 @@ shipped recipe, 0 in the previous 4-layer one: docs/datasets.md has what each ca
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -131,8 +132,14 @@ def word_image_tier0(word: str, size: int, font: str = "sans", scale: float = 1.
 
 
 def context_image(context: str, size: int, rng: np.random.Generator) -> Image.Image:
-    """A context sentence wrapped and fitted to a `size` canvas in a random font."""
-    font = FONT_NAMES[int(rng.integers(len(FONT_NAMES)))]
+    """A context sentence wrapped and fitted to a `size` canvas in a random font (the same
+    sentence, size and font give the same image, fitted once: `_fitted_context`)."""
+    return _fitted_context(context, size, FONT_NAMES[int(rng.integers(len(FONT_NAMES)))]).copy()
+
+
+@lru_cache(maxsize=8192)
+def _fitted_context(context: str, size: int, font: str) -> Image.Image:
+    # fitting a sentence tries font sizes (16 ms a sentence); context_image hands out copies
     return fit_text(context, (size, size), font=font, min_pixels=4)
 
 

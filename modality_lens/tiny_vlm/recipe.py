@@ -102,6 +102,9 @@ class TinyVLMConfig:
     projector_from_reader: bool = False  # after pretraining, the projector is the reader's input MLP (pretrain)
     projector_lr_scale: float = 1.0  # the projector's learning rate in the VLM stage, x `lr` (0: frozen)
     scene_refresh: int = 0  # VLM steps between freshly drawn scene pools (0: one pool for the whole run)
+    context_steps: int = 0  # then: steps of the context stage (train.context_stage; 0: none)
+    context_lr: float = 3e-4  # the context stage's peak learning rate (warm-up, then cosine decay to 5%)
+    context_share: float = 0.5  # of the context stage's examples: rendered contexts; the rest the full mix
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -29,7 +29,6 @@ recipe use all of these (tower and projector frozen).
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -43,13 +42,15 @@ from interp.datasets.colour import COLOUR_TIERS
 from interp.datasets.drawing import COLOURS, SHAPES
 from modality_lens.tiny_vlm.mix import Example, ScenePool, TrainingMix, check_mix
 from modality_lens.tiny_vlm.aux import PatchHead
-from modality_lens.tiny_vlm.pretrain import pretrain_tower
+from modality_lens.tiny_vlm.pretrain import cosine_lr, pretrain_tower
 from modality_lens.tiny_vlm.reading import ShapePool
 from modality_lens.tiny_vlm.recipe import TinyVLMConfig, build_model, build_processor, check_model
 
-__all__ = ["batches", "train", "check_config", "save", "asked_word", "asked_positions"]
+__all__ = ["batches", "train", "context_stage", "check_config", "save", "asked_word", "asked_positions"]
 
 _ASKED = frozenset(COLOURS + SHAPES)
+_CONTEXT_STREAM = 101
+"""The context stage's random stream and pool stream (the VLM stage's refreshes use 1, 2, ...)."""
 
 
 def _encode(processor: Any, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
@@ -86,10 +87,7 @@ def asked_positions(processor: Any, examples: Sequence[Example], input_ids: torc
 
 
 def _lr(step: int, cfg: TinyVLMConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return cosine_lr(step, cfg.lr, cfg.warmup, cfg.steps)
 
 
 def batches(mix: TrainingMix, batch_size: int) -> Iterator[tuple[list[Example], list[Example]]]:
@@ -137,6 +135,9 @@ def check_config(cfg: TinyVLMConfig) -> None:
                          f"pretraining batch: three numbers >= 0 that sum to 1 (got {shares})")
     if not 0 <= cfg.pretrain_max_tier < len(COLOUR_TIERS):
         raise ValueError(f"pretrain_max_tier is a visual tier, 0-{len(COLOUR_TIERS) - 1} (got {cfg.pretrain_max_tier})")
+    if cfg.context_steps < 0 or cfg.context_lr <= 0 or not 0 <= cfg.context_share <= 1:
+        raise ValueError(f"the context stage needs context_steps >= 0 (got {cfg.context_steps}), context_lr > 0 (got "
+                         f"{cfg.context_lr}) and context_share in [0, 1] (got {cfg.context_share})")
     if cfg.pretrain_steps and not cfg.n_shape_scenes:
         raise ValueError("the pretraining stage needs shape-set scenes: set n_shape_scenes > 0, or pretrain_steps=0")
 
@@ -189,13 +190,70 @@ def train(cfg: TinyVLMConfig, *, pool: ScenePool | None = None, log_every: int =
             running = []
     if aux is not None:
         aux.remove()
+    context_log = context_stage(model, processor, cfg, progress=progress) if cfg.context_steps else None
     model.requires_grad_(True)
     model.eval()
     log = {"history": history, "wall_s": time.time() - start, "scene_drawing_s": drawn_s,
            "params": sum(p.numel() for p in model.parameters())}
     if pre_log is not None:
         log["pretrain"] = pre_log
+    if context_log is not None:
+        log["context_stage"] = context_log
     return model, processor, log
+
+
+def context_stage(model: Any, processor: Any, cfg: TinyVLMConfig, *, log_every: int = 50,
+                  progress: bool = True) -> dict[str, Any]:
+    """Train `model` in place for `cfg.context_steps` steps in which a share `context_share` of the
+    examples are rendered context sentences (`TrainingMix.rendered_context`) and the rest come
+    from the full mix (`TrainingMix.sample`), with its own AdamW at `context_lr` (warm-up over a
+    tenth of the stage, cosine decay to 5%), the tower and projector frozen as in the VLM stage;
+    returns the log (losses, wall time).
+
+    It starts from whatever `model` holds and draws everything from its own random streams and
+    freshly drawn pools (`_CONTEXT_STREAM`), not from the VLM stage's: run on a saved model of the
+    same recipe without the stage, it gives the weights a full run gives (`train_tiny_vlm.py
+    --context-from DIR`)."""
+    if cfg.context_steps <= 0:
+        raise ValueError(f"context_stage runs context_steps steps: it must be > 0 (got {cfg.context_steps})")
+    torch.set_num_threads(cfg.threads)
+    start = time.time()
+    pool = ScenePool.draw(cfg.n_scenes, cfg.seed, cfg.image_size, same_colour_share=cfg.same_colour_share,
+                          stream=_CONTEXT_STREAM)
+    shapes = (ShapePool.draw(cfg.n_shape_scenes, cfg.seed, cfg.image_size, stream=_CONTEXT_STREAM)
+              if cfg.n_shape_scenes else None)
+    mix = TrainingMix(pool, cfg, shapes)
+    mix.rng = np.random.default_rng([cfg.seed, 13, _CONTEXT_STREAM])
+    tok = processor.tokenizer
+    label_ids = {c: tok.convert_tokens_to_ids(c) for c in COLOURS + SHAPES}
+    groups = _param_groups(model, None, cfg)
+    params = [p for group in groups for p in group["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.context_lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    warm = max(1, cfg.context_steps // 10)
+    model.train()
+    history, running = [], []
+    bar = tqdm(range(cfg.context_steps), desc="context stage", disable=not progress, mininterval=5)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, cfg.context_lr, warm, cfg.context_steps) * group["scale"]
+        drawn = [mix.rendered_context() if mix.rng.random() < cfg.context_share else mix.sample()
+                 for _ in range(cfg.batch_size)]
+        parts = [part for part in ([e for e in drawn if e.image is not None], [e for e in drawn if e.image is None])
+                 if part]
+        opt.zero_grad(set_to_none=True)
+        # the asked-word-only steps are the VLM stage's first: pass a step past them
+        loss_total = sum(_backward(model, processor, part, label_ids, cfg, None, cfg.steps + step) for part in parts)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        running.append(loss_total / cfg.batch_size)
+        if (step + 1) % log_every == 0 or step + 1 == cfg.context_steps:
+            mean = float(np.mean(running))
+            history.append({"step": step + 1, "loss": mean, "elapsed_s": time.time() - start})
+            bar.set_postfix(loss=f"{mean:.3f}")
+            running = []
+    model.requires_grad_(True)
+    model.eval()
+    return {"history": history, "wall_s": time.time() - start}
 
 
 def _param_groups(model: Any, aux: Any, cfg: TinyVLMConfig) -> list[dict[str, Any]]:
