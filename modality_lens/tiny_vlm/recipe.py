@@ -122,14 +122,15 @@ recipe starts from it."""
 
 SHIPPED_RECIPE: dict[str, Any] = dict(
     DEEP_RECIPE, pretrain_steps=5000, steps=2700, pretrain_max_tier=6, pretrain_shares=(0.7, 0.1, 0.2),
-    pretrain_word_aux=2.0, copy_steps=400,
+    pretrain_word_aux=2.0, copy_steps=400, context_steps=1000, context_lr=1e-3, context_share=0.6,
 )
 """The settings of `data/tiny_vlm` (its training.json records them; `experiments/train_tiny_vlm.py`
 starts from these): `DEEP_RECIPE` with a longer tower stage on colour scenes of visual tiers 0-6
 (70% of its batches colour, 10% shape-set scenes, 20% rendered words with the per-patch word
-loss at weight 2), 400 copy steps, and 2,700 VLM steps. What each change bought is measured in
-docs/datasets.md ("A deeper model that reads and knows shapes"). `TinyVLMConfig`'s defaults are
-the recipe of the 4-layer model shipped before it (`--recipe base`)."""
+loss at weight 2), 400 copy steps, 2,700 VLM steps, then a context stage of 1,000 steps in which
+60% of the examples are rendered context sentences (`train.context_stage`, lr 1e-3). What each
+change bought is measured in docs/datasets.md ("A deeper model that reads and knows shapes").
+`TinyVLMConfig`'s defaults are the recipe of the 4-layer model shipped before it (`--recipe base`)."""
 
 
 def build_tokenizer() -> T.PreTrainedTokenizerFast:
