@@ -1,9 +1,10 @@
 """Train the small LLaVA shipped in data/tiny_vlm, evaluate it on held-out cases, write its card.
 
-    python experiments/train_tiny_vlm.py                      # the shipped recipe (~53 min, 2 cores)
+    python experiments/train_tiny_vlm.py                      # the shipped recipe (~70-76 min, 2 cores)
     python experiments/train_tiny_vlm.py --out /tmp/m --recipe base   # the previous 4-layer model (~14 min)
     python experiments/train_tiny_vlm.py --out /tmp/m --steps 200 --seed 1
     python experiments/train_tiny_vlm.py --metrics-only data/tiny_vlm
+    python experiments/train_tiny_vlm.py --context-from DIR --out /tmp/m   # only the last stage, on DIR
 
 The recipe, the training mix and why it is built that way are in modality_lens/tiny_vlm/. The
 held-out set is the built-in colour set with another seed than anything used in training
@@ -114,7 +115,7 @@ known, not to draw conclusions about large models.
 
 - seed {seed}; {steps} steps of batch {batch_size}; AdamW (lr {lr}, {warmup} warm-up steps, cosine
   decay to 5%, weight decay {weight_decay}); loss: cross-entropy of the answer token{loss_where}.
-- wall time {wall_min:.1f} min on {threads} CPU threads ({machine}); torch {torch}.
+- wall time {wall_min:.1f} min on {threads} CPU threads ({machine}); torch {torch}{continued}.
 - reproduce: `{reproduce}`. The weights come
   out identical for the same torch build, thread count and machine; elsewhere float rounding can
   differ from the first steps and the result is another draw of the same recipe (docs/interventions.md
@@ -169,7 +170,9 @@ def write_card(out: Path, cfg: TinyVLMConfig, log: dict, m: dict, eval_seed: int
         image_size=cfg.image_size, patch_size=cfg.patch_size, n_img=(cfg.image_size // cfg.patch_size) ** 2,
         text_layers=cfg.text_layers, text_hidden=cfg.text_hidden, vocab=len(vlm.tokenizer), seed=cfg.seed,
         steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, weight_decay=cfg.weight_decay,
-        wall_min=log["wall_s"] / 60, threads=cfg.threads, machine=platform.machine(), torch=torch.__version__,
+        wall_min=log["wall_s"] / 60, threads=cfg.threads, continued="" if "continued_from" not in log else (
+            f"; the context stage ({log['context_stage']['wall_s'] / 60:.1f} min of it) continued\n  the saved "
+            f"weights of the stages before it (sha256 {log['continued_from']['sha256'][:8]}..., `--context-from`)"), machine=platform.machine(), torch=torch.__version__,
         n_scenes=cfg.n_scenes, curriculum=cfg.curriculum_share, curriculum_tier=cfg.curriculum_max_tier,
         same_colour=cfg.same_colour_share, mix_v=cfg.mix[0], mix_t=cfg.mix[1], mix_b=cfg.mix[2],
         reliability=", ".join(f"{r:.2f}" for r in cfg.text_reliability), irrelevant=cfg.text_irrelevant_share,
