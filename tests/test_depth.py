@@ -132,6 +132,7 @@ def test_the_shipped_model_has_a_constant_layer_one(tmp_path):
     from PIL import Image
 
     from hooks.prompts import render_prompt
+    from interp.datasets.text import COLOUR_QUESTION, INSTRUCTION
     from modality_lens.pipeline import run
     from modality_lens.shipped import default_model
 
@@ -143,7 +144,9 @@ def test_the_shipped_model_has_a_constant_layer_one(tmp_path):
     source = default_model()
     model = T.LlavaForConditionalGeneration.from_pretrained(source).eval()
     processor = T.AutoProcessor.from_pretrained(source)
-    prompt = render_prompt(processor, question="What colour is the circle?", with_image=True)
+    # a case's question ends with the colour set's instruction: the last 8 tokens are its and the template's
+    prompt = render_prompt(processor, question=f"{COLOUR_QUESTION.format(shape='circle')} {INSTRUCTION}",
+                           with_image=True)
     inputs = processor(text=[prompt], images=[[Image.new("RGB", (64, 64), "white")]], return_tensors="pt")
     with torch.no_grad():
         states = model(**inputs, output_hidden_states=True).hidden_states
