@@ -109,7 +109,22 @@ def batches(mix: TrainingMix, batch_size: int) -> Iterator[tuple[list[Example], 
                        or cfg.asked_only_steps <= step < cfg.asked_only_steps + cfg.copy_steps)
         drawn = [mix.sample(max_tier, vision_only) for _ in range(batch_size)]
         step += 1
-        yield [e for e in drawn if e.image is not None], [e for e in drawn if e.image is None]
+        yield _split(drawn)
+
+
+def _split(drawn: Sequence[Example]) -> tuple[list[Example], list[Example]]:
+    """(the examples with an image, those without): a batch's two parts, encoded apart."""
+    return [e for e in drawn if e.image is not None], [e for e in drawn if e.image is None]
+
+
+def _optimise(model: Any, processor: Any, opt: Any, params: list[Any], parts: Sequence[Sequence[Example]],
+              label_ids: dict[str, int], cfg: TinyVLMConfig, aux: Any, step: int) -> float:
+    """One optimiser step on a batch's non-empty parts; returns the summed answer loss."""
+    opt.zero_grad(set_to_none=True)
+    loss_total = sum(_backward(model, processor, part, label_ids, cfg, aux, step) for part in parts if part)
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return loss_total
 
 
 def check_config(cfg: TinyVLMConfig) -> None:
@@ -177,11 +192,8 @@ def train(cfg: TinyVLMConfig, *, pool: ScenePool | None = None, log_every: int =
             mix.refresh(step // cfg.scene_refresh, patch=cfg.patch_size if cfg.aux_weight > 0 else None)
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg) * group["scale"]
-        opt.zero_grad(set_to_none=True)
-        parts = [part for part in next(it) if part]
-        loss_total = sum(_backward(model, processor, part, label_ids, cfg, aux, step) for part in parts)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        parts = next(it)
+        loss_total = _optimise(model, processor, opt, params, parts, label_ids, cfg, aux, step)
         running.append(loss_total / max(1, sum(len(part) for part in parts)))
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
             mean = float(np.mean(running))
@@ -238,13 +250,8 @@ def context_stage(model: Any, processor: Any, cfg: TinyVLMConfig, *, log_every: 
             group["lr"] = cosine_lr(step, cfg.context_lr, warm, cfg.context_steps) * group["scale"]
         drawn = [mix.rendered_context() if mix.rng.random() < cfg.context_share else mix.sample()
                  for _ in range(cfg.batch_size)]
-        parts = [part for part in ([e for e in drawn if e.image is not None], [e for e in drawn if e.image is None])
-                 if part]
-        opt.zero_grad(set_to_none=True)
         # the asked-word-only steps are the VLM stage's first: pass a step past them
-        loss_total = sum(_backward(model, processor, part, label_ids, cfg, None, cfg.steps + step) for part in parts)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        loss_total = _optimise(model, processor, opt, params, _split(drawn), label_ids, cfg, None, cfg.steps + step)
         running.append(loss_total / cfg.batch_size)
         if (step + 1) % log_every == 0 or step + 1 == cfg.context_steps:
             mean = float(np.mean(running))
